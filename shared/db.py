@@ -1,0 +1,188 @@
+"""The database port: one call, `rpc(name, **params) -> dict`, over two transports.
+
+- `PostgresDatabase(url)`: psycopg 3 through a `psycopg_pool` pool, one transaction per call.
+- `SupabaseDatabase(url, service_role_key)`: supabase-py `client.rpc(...)` (PostgREST Data API),
+  for deployments that only have SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY.
+
+Both raise only `ApiError` (translated by SQLSTATE through `shared.errors`, never by message).
+
+Parameter values: a `dict` is sent as jsonb; a `list` as a Postgres array (e.g. claim_jobs'
+`p_kinds text[]`). Wrap any other value meant for a jsonb parameter (a JSON list, string or number
+as a job result) in `Json(value)`. UUIDs and datetimes pass as they are.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from shared import errors
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+# Supavisor's transaction pooler: a connection may change between statements, so psycopg must
+# not prepare statements server-side.
+SUPAVISOR_TRANSACTION_PORT = "6543"
+# Serverless instances handle one or a few requests at a time: keep one warm, cap the rest.
+POOL_MIN_SIZE = 1
+POOL_MAX_SIZE = 10
+POOL_TIMEOUT_SECONDS = 10.0
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+class Database(Protocol):
+    def rpc(self, name: str, **params: Any) -> Any:
+        """Call `public.<name>(p_x => ...)` and return its jsonb result (usually a dict)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Json:
+    """A value for a jsonb parameter that is not a dict (a list, string, number, true/false)."""
+
+    value: Any
+
+
+class PostgresDatabase:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def rpc(self, name: str, **params: Any) -> Any:
+        query = sql.SQL("select {}.{}({})").format(
+            sql.Identifier("public"),
+            sql.Identifier(name),
+            sql.SQL(", ").join(
+                sql.SQL("{} => {}").format(sql.Identifier(key), sql.Placeholder(key))
+                for key in params
+            ),
+        )
+        values = {key: _to_postgres(value) for key, value in params.items()}
+        try:
+            # pool.connection() commits when the block ends and rolls back on an exception.
+            with _pool_for(self.url).connection() as conn:
+                row = conn.execute(query, values).fetchone()
+        except psycopg.Error as exc:
+            raise _translate_psycopg(exc) from exc
+        return row[0] if row else None
+
+
+class SupabaseDatabase:
+    def __init__(self, url: str, service_role_key: str) -> None:
+        self.url = url
+        self.service_role_key = service_role_key
+        self._client = None
+        self._lock = threading.Lock()
+
+    def rpc(self, name: str, **params: Any) -> Any:
+        import httpx
+        from postgrest.exceptions import APIError
+
+        body = {key: _to_json(value) for key, value in params.items()}
+        try:
+            return self._get_client().rpc(name, body).execute().data
+        except APIError as exc:
+            if exc.code in errors.POSTGREST_UNAVAILABLE:
+                raise errors.database_unavailable() from exc
+            raise errors.from_sqlstate(exc.code, exc.message) from exc
+        except httpx.TransportError as exc:
+            raise errors.database_unavailable() from exc
+
+    def _get_client(self):
+        with self._lock:
+            if self._client is None:
+                from supabase import create_client
+
+                self._client = create_client(self.url, self.service_role_key)
+            return self._client
+
+
+def database_from_settings(settings: Settings) -> Database:
+    """DATABASE_URL wins; otherwise the Data API with the service-role key."""
+    if settings.database_url:
+        return PostgresDatabase(settings.database_url)
+    if settings.supabase_url and settings.supabase_service_role_key:
+        return SupabaseDatabase(settings.supabase_url, settings.supabase_service_role_key)
+    raise RuntimeError("configure DATABASE_URL, or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")
+
+
+# One pool per URL for the whole process, so re-importing functions/main.py or rebuilding
+# services does not open more connections.
+_pools: dict[str, ConnectionPool] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool_for(url: str) -> ConnectionPool:
+    with _pools_lock:
+        pool = _pools.get(url)
+        if pool is None:
+            kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+            if _is_transaction_pooler(url):
+                kwargs["prepare_threshold"] = None
+            pool = ConnectionPool(
+                url,
+                min_size=POOL_MIN_SIZE,
+                max_size=POOL_MAX_SIZE,
+                timeout=POOL_TIMEOUT_SECONDS,
+                kwargs=kwargs,
+                # a pooler or the server may drop idle connections; test before handing one out
+                check=ConnectionPool.check_connection,
+                open=True,
+                name="credit-jobs",
+            )
+            _pools[url] = pool
+        return pool
+
+
+def close_pools() -> None:
+    """Close every pool (tests call this between databases; also runs at exit)."""
+    with _pools_lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    for pool in pools:
+        pool.close()
+
+
+atexit.register(close_pools)
+
+
+def _is_transaction_pooler(url: str) -> bool:
+    port = str(conninfo_to_dict(url).get("port") or "")
+    return SUPAVISOR_TRANSACTION_PORT in port.split(",")
+
+
+def _translate_psycopg(exc: psycopg.Error) -> errors.ApiError:
+    # Our business errors first: they are raised with a CJ SQLSTATE whatever the class.
+    if exc.sqlstate in errors.SQLSTATE_ERRORS:
+        return errors.from_sqlstate(exc.sqlstate, exc.diag.message_primary)
+    if isinstance(exc, psycopg.OperationalError | PoolTimeout):
+        return errors.database_unavailable()
+    return errors.from_sqlstate(exc.sqlstate, str(exc))
+
+
+def _to_postgres(value: Any) -> Any:
+    if isinstance(value, Json):
+        return Jsonb(value.value)
+    if isinstance(value, dict):
+        return Jsonb(value)
+    return value
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, Json):
+        return value.value
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return value
