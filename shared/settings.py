@@ -1,0 +1,85 @@
+"""Configuration from the environment (SPEC §6), read once into a frozen `Settings`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+PIPELINES = ("local", "webhook", "prefect", "queue")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    supabase_url: str | None = None
+    supabase_service_role_key: str | None = None
+    jwt_secret: str | None = None
+    jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    pipeline_webhook_secret: str | None = None
+    pipeline: str = "queue"
+    pipeline_url: str | None = None
+    prefect_api_url: str | None = None
+    prefect_api_key: str | None = None
+    prefect_deployments: Mapping[str, str] = field(default_factory=dict)
+    callback_url: str | None = None
+    cors_allowed_origins: tuple[str, ...] = ()
+    maintenance_token: str | None = None
+    port: int = 8080
+
+    def __post_init__(self) -> None:
+        if self.pipeline not in PIPELINES:
+            choices = ", ".join(PIPELINES)
+            raise ValueError(f"PIPELINE must be one of {choices}, not {self.pipeline!r}")
+        if self.pipeline == "webhook" and not self.pipeline_url:
+            raise ValueError("PIPELINE=webhook needs PIPELINE_URL")
+        if self.pipeline == "prefect" and not (self.prefect_api_url and self.prefect_deployments):
+            raise ValueError("PIPELINE=prefect needs PREFECT_API_URL and PREFECT_DEPLOYMENTS")
+        if self.pipeline in ("webhook", "prefect") and not self.callback_url:
+            raise ValueError(f"PIPELINE={self.pipeline} needs CALLBACK_URL (the status function)")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        def get(name: str) -> str | None:
+            return environ.get(name, "").strip() or None
+
+        supabase_url = get("SUPABASE_URL")
+        jwks_url = get("SUPABASE_JWKS_URL")
+        if jwks_url is None and supabase_url:
+            # Supabase publishes its asymmetric signing keys here; HS256 tokens never use it.
+            jwks_url = supabase_url.rstrip("/") + "/auth/v1/.well-known/jwks.json"
+        return cls(
+            database_url=get("DATABASE_URL"),
+            supabase_url=supabase_url,
+            supabase_service_role_key=get("SUPABASE_SERVICE_ROLE_KEY"),
+            jwt_secret=get("SUPABASE_JWT_SECRET"),
+            jwks_url=jwks_url,
+            jwt_issuer=get("SUPABASE_JWT_ISSUER"),
+            pipeline_webhook_secret=get("PIPELINE_WEBHOOK_SECRET"),
+            pipeline=(get("PIPELINE") or "queue").lower(),
+            pipeline_url=get("PIPELINE_URL"),
+            prefect_api_url=get("PREFECT_API_URL"),
+            prefect_api_key=get("PREFECT_API_KEY"),
+            prefect_deployments=_parse_map(get("PREFECT_DEPLOYMENTS") or ""),
+            callback_url=get("CALLBACK_URL"),
+            cors_allowed_origins=tuple(_split(get("CORS_ALLOWED_ORIGINS") or "")),
+            maintenance_token=get("MAINTENANCE_TOKEN"),
+            port=int(get("PORT") or 8080),
+        )
+
+
+def _parse_map(value: str) -> dict[str, str]:
+    """`"story=<uuid>,voice=<uuid>"` -> `{"story": "<uuid>", "voice": "<uuid>"}`."""
+    result = {}
+    for item in _split(value):
+        key, sep, val = item.partition("=")
+        if not sep or not key or not val:
+            raise ValueError(f"PREFECT_DEPLOYMENTS entries are kind=deployment_id, not {item!r}")
+        result[key] = val
+    return result
+
+
+def _split(value: str) -> list[str]:
+    """Items separated by commas and/or spaces."""
+    return value.replace(",", " ").split()
