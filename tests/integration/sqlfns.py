@@ -171,3 +171,23 @@ def unpaid_or_orphan_charges(conn: psycopg.Connection) -> list[dict]:
             """
         )
         return cur.fetchall()
+
+
+def broken_balance_after_chain(conn: psycopg.Connection) -> list[dict]:
+    """Ledger entries whose balance_after isn't the running sum of that user's amounts, and
+    accounts whose balance isn't their last entry's balance_after."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """
+            with chain as (
+              select id, user_id, balance_after,
+                     sum(amount) over (partition by user_id order by id) as running,
+                     row_number() over (partition by user_id order by id desc) as from_last
+              from public.credit_ledger
+            )
+            select c.id, c.user_id, c.balance_after, c.running, a.balance
+            from chain c join public.credit_accounts a using (user_id)
+            where c.balance_after <> c.running or (c.from_last = 1 and a.balance <> c.balance_after)
+            """
+        )
+        return cur.fetchall()
