@@ -46,6 +46,7 @@ LOCK_KEY = 0x63726A6D  # "crjm"
 
 DOLLAR_QUOTE = re.compile(r"\$([A-Za-z_\x80-\uffff][\w\x80-\uffff]*)?\$")
 WORD = re.compile(r"[\w$]+")
+LEADING_COMMENTS = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/)*", re.DOTALL)
 
 # Roles are cluster-wide: two databases bootstrapping at once can race on CREATE ROLE.
 ROLE_RACE_SQLSTATES = {"23505", "42710"}
@@ -303,7 +304,13 @@ def _run_file(conn: psycopg.Connection, path: Path) -> list[str]:
 def _describe(path: Path, sql: str, number: int, stmt: Statement, exc: psycopg.Error) -> str:
     diag = exc.diag
     message = diag.message_primary or str(exc).strip()
-    position = stmt.offset + max(int(diag.statement_position or 1) - 1, 0)
+    code = LEADING_COMMENTS.match(stmt.text)
+    assert code  # the pattern also matches the empty string
+    # Without a position (errors raised at run time, e.g. inside DO) point at the code's start.
+    if diag.statement_position:
+        position = stmt.offset + int(diag.statement_position) - 1
+    else:
+        position = stmt.offset + code.end()
     line = sql.count("\n", 0, position) + 1
     parts = [f"{path}:{line}: statement {number}: {message} (SQLSTATE {exc.sqlstate})"]
     details = (
@@ -312,7 +319,8 @@ def _describe(path: Path, sql: str, number: int, stmt: Statement, exc: psycopg.E
         ("CONTEXT", diag.context),
     )
     parts += [f"  {label}: {value}" for label, value in details if value]
-    parts.append(f"  statement: {stmt.text.splitlines()[0][:120]}")
+    first_line = (stmt.text[code.end() :].splitlines() or [""])[0]
+    parts.append(f"  statement: {first_line[:120]}")
     parts.append("  rolled back: nothing from this file was applied")
     return "\n".join(parts)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shared.embedded import with_database
+from shared.embedded import start_embedded, stop_embedded, with_database
 from shared.migrate import (
     DEFAULT_DIR,
     ROOT,
@@ -174,6 +174,19 @@ def test_failing_bootstrap_is_reported_and_rolled_back(empty_db: str, migrations
     assert scalar(empty_db, "select to_regclass('auth.users')") is None
 
 
+def test_runtime_error_points_at_the_statement_after_its_comments(
+    empty_db: str, migrations: Path
+) -> None:
+    (migrations / "20260103000000_raises.sql").write_text(
+        "select 1;\n-- explains the block\n-- over two lines\n"
+        "do $$ begin raise exception 'nope' using errcode = 'CJ007'; end $$;\n"
+    )
+    with pytest.raises(MigrationError) as raised:
+        migrate(empty_db, migrations)
+    assert "20260103000000_raises.sql:4: statement 2: nope (SQLSTATE CJ007)" in str(raised.value)
+    assert "statement: do $$ begin raise exception" in str(raised.value)
+
+
 def test_concurrent_migrators_apply_each_file_once(empty_db: str, migrations: Path) -> None:
     results: list[list[str]] = []
     errors: list[BaseException] = []
@@ -193,6 +206,36 @@ def test_concurrent_migrators_apply_each_file_once(empty_db: str, migrations: Pa
     assert errors == []
     assert sorted(v for applied in results for v in applied) == ["20260101000000", "20260102000000"]
     assert scalar(empty_db, "select public.widget_count()") == 2
+
+
+def test_databases_bootstrapping_at_once_share_the_cluster_wide_roles(tmp_path: Path) -> None:
+    # A private server: the roles must not exist yet, and dropping them must not hurt others.
+    server = start_embedded(tmp_path / "cluster", keep=False)
+    try:
+        names = [f"race_{i}" for i in range(4)]
+        for name in names:
+            create_database(server, name)
+        errors: list[BaseException] = []
+
+        def run(name: str) -> None:
+            try:
+                migrate(with_database(server, name), tmp_path / "no-migrations")
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(name,)) for name in names]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+
+        assert errors == []
+        for name in names:
+            assert (
+                scalar(with_database(server, name), "select to_regclass('auth.users')") is not None
+            )
+    finally:
+        stop_embedded(tmp_path / "cluster")
 
 
 def test_badly_named_file_is_refused(tmp_path: Path) -> None:
