@@ -1,0 +1,277 @@
+"""Security: what Supabase's Data API roles can see and do (SPEC §1.9, issue 2 "Security").
+
+Each check runs the way PostgREST runs a request: inside a transaction, `set local role <role>`
+and the JWT claims in `request.jwt.claims`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.integration.sqlfns import add_kind, call, claim_one, create_job, discrepancies
+
+pytestmark = pytest.mark.integration
+
+INSUFFICIENT_PRIVILEGE = "42501"
+USER_ROLES = ("anon", "authenticated")
+OWNED_TABLES = ("credit_accounts", "credit_ledger", "projects", "project_steps", "jobs")
+SCHEMAS = ("public", "credit_jobs_internal")
+
+# SPEC §3: every function with its parameters in order (trailing extras must have defaults).
+SQL_SURFACE = {
+    "create_job": [
+        "p_user_id",
+        "p_kind",
+        "p_params",
+        "p_project_id",
+        "p_step_number",
+        "p_idempotency_key",
+    ],
+    "claim_jobs": ["p_worker_id", "p_kinds", "p_limit"],
+    "heartbeat_job": ["p_job_id", "p_attempt", "p_progress"],
+    "complete_job": ["p_job_id", "p_attempt", "p_result", "p_credits_used"],
+    "fail_job": ["p_job_id", "p_attempt", "p_error", "p_retryable"],
+    "refund_job_atomic": ["p_job_id", "p_reason", "p_attempt"],
+    "cancel_job": ["p_job_id", "p_user_id"],
+    "reap_stalled_jobs": ["p_limit"],
+    "upsert_project_step": [
+        "p_user_id",
+        "p_project_id",
+        "p_step_number",
+        "p_data",
+        "p_completed_at",
+        "p_skip_reason",
+    ],
+    "admin_grant_credits": ["p_user_id", "p_amount", "p_reason"],
+}
+
+
+@contextmanager
+def as_role(conn: psycopg.Connection, role: str, user_id=None) -> Iterator[psycopg.Connection]:
+    """A transaction running as `role` with a Supabase JWT for user_id (none for anon)."""
+    claims = {"role": role, "aud": role} | ({"sub": str(user_id)} if user_id else {})
+    with conn.transaction(force_rollback=True):
+        conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
+        conn.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
+        yield conn
+
+
+def fetch_as(conn, role: str, user_id, query: sql.Composable) -> list[dict] | str:
+    """Rows the role may read, or the SQLSTATE if it may not read at all."""
+    try:
+        with as_role(conn, role, user_id):
+            return conn.execute(query).fetchall()
+    except psycopg.Error as e:
+        return e.sqlstate
+
+
+def sqlstate_as(conn, role: str, user_id, query: sql.Composable, params=None) -> str | None:
+    try:
+        with as_role(conn, role, user_id):
+            conn.execute(query, params)
+    except psycopg.Error as e:
+        return e.sqlstate
+    return None
+
+
+def public_tables(conn) -> list[str]:
+    rows = conn.execute(
+        "select relname from pg_class where relnamespace = 'public'::regnamespace"
+        " and relkind in ('r', 'p') order by relname"
+    ).fetchall()
+    return [r["relname"] for r in rows]
+
+
+def functions_in(conn, schemas=SCHEMAS) -> list[dict]:
+    return conn.execute(
+        "select p.oid::regprocedure::text as signature, p.oid, p.proname, p.proargnames,"
+        " p.proconfig, p.prosecdef, p.proacl, n.nspname"
+        " from pg_proc p join pg_namespace n on n.oid = p.pronamespace"
+        " where n.nspname = any(%s) and p.prokind = 'f' order by 1",
+        (list(schemas),),
+    ).fetchall()
+
+
+@pytest.fixture
+def two_users(conn, make_user) -> tuple:
+    """alice and bob, each with an account, ledger entries, a project, a step and jobs."""
+    add_kind(conn, "image", 5)
+    alice, bob = make_user(20), make_user(20)
+    for user in (alice, bob):
+        job = create_job(conn, user, "image")
+        call(
+            conn,
+            "upsert_project_step",
+            user_id=user,
+            project_id=job["project_id"],
+            step_number=1,
+            data={"owner": str(user)},
+        )
+        call(conn, "cancel_job", job_id=job["id"], user_id=user)
+    return alice, bob
+
+
+def test_authenticated_users_read_only_their_own_rows(conn, two_users):
+    """G9: with alice's JWT, every user-owned table shows alice's rows and none of bob's."""
+    alice, bob = two_users
+    for table in OWNED_TABLES:
+        query = sql.SQL("select user_id from public.{}").format(sql.Identifier(table))
+
+        rows = fetch_as(conn, "authenticated", alice, query)
+
+        assert rows, f"alice sees nothing in {table}"
+        assert {r["user_id"] for r in rows} == {alice}, table
+        everyone = {r["user_id"] for r in conn.execute(query).fetchall()}
+        assert everyone == {alice, bob}, table
+
+
+@pytest.mark.parametrize("role", USER_ROLES)
+def test_without_a_user_nobody_reads_user_rows(conn, two_users, role):
+    """G9: anon, and authenticated without a `sub`, see no user's rows (the price list is public);
+    the admin views are not readable at all."""
+    for table in OWNED_TABLES:
+        query = sql.SQL("select * from public.{}").format(sql.Identifier(table))
+        assert fetch_as(conn, role, None, query) in ([], INSUFFICIENT_PRIVILEGE), table
+    for view in ("credit_discrepancies", "stalled_jobs"):
+        query = sql.SQL("select * from public.{}").format(sql.Identifier(view))
+        assert fetch_as(conn, role, None, query) == INSUFFICIENT_PRIVILEGE, view
+
+    kinds = fetch_as(conn, role, None, sql.SQL("select kind, cost from public.job_kinds"))
+    assert kinds == [{"kind": "image", "cost": 5}]
+
+
+@pytest.mark.parametrize("role", USER_ROLES)
+def test_data_api_roles_cannot_write_any_table(conn, two_users, role):
+    """G9: anon and authenticated hold no INSERT/UPDATE/DELETE/TRUNCATE privilege on any table in
+    public, and actually trying each write fails with insufficient_privilege."""
+    alice, _bob = two_users
+    tables = public_tables(conn)
+    assert set(OWNED_TABLES) | {"job_kinds"} <= set(tables)
+
+    for table in tables:
+        for privilege in ("INSERT", "UPDATE", "DELETE", "TRUNCATE"):
+            allowed = conn.execute(
+                "select has_table_privilege(%s, %s, %s) as ok",
+                (role, f"public.{table}", privilege),
+            ).fetchone()["ok"]
+            assert not allowed, f"{role} has {privilege} on {table}"
+
+        name = sql.Identifier("public", table)
+        column = conn.execute(
+            "select attname from pg_attribute where attrelid = %s::regclass and attnum > 0"
+            " and attidentity = '' and attgenerated = '' and not attisdropped limit 1",
+            (f"public.{table}",),
+        ).fetchone()["attname"]
+        writes = [
+            sql.SQL("insert into {} default values").format(name),
+            sql.SQL("update {} set {} = {}").format(
+                name, sql.Identifier(column), sql.Identifier(column)
+            ),
+            sql.SQL("delete from {}").format(name),
+            sql.SQL("truncate {}").format(name),
+        ]
+        for write in writes:
+            sqlstate = sqlstate_as(conn, role, alice, write)
+            assert sqlstate == INSUFFICIENT_PRIVILEGE, f"{role}: {write.as_string(conn)}"
+
+
+def test_rls_is_enabled_on_every_table_and_views_check_the_caller(conn):
+    """G9: no table in public is readable around RLS, and views run with the caller's rights."""
+    tables = conn.execute(
+        "select relname, relrowsecurity from pg_class"
+        " where relnamespace = 'public'::regnamespace and relkind in ('r', 'p')"
+    ).fetchall()
+    assert tables and all(t["relrowsecurity"] for t in tables), tables
+
+    views = conn.execute(
+        "select relname, reloptions from pg_class"
+        " where relnamespace = 'public'::regnamespace and relkind in ('v', 'm')"
+    ).fetchall()
+    for view in views:
+        assert "security_invoker=true" in (view["reloptions"] or []), view
+
+
+def test_the_sql_surface_has_the_specs_names_and_parameters(conn):
+    """SPEC §3: each function exists once with the documented parameter names in order."""
+    found = {f["proname"]: f for f in functions_in(conn, ["public"])}
+
+    for name, params in SQL_SURFACE.items():
+        assert name in found, f"missing function {name}"
+        assert found[name]["proargnames"][: len(params)] == params, name
+
+
+def test_no_function_is_executable_by_data_api_users(conn):
+    """G9: no function in public or credit_jobs_internal is executable by anon, authenticated or
+    PUBLIC (checked in the ACL itself: a null ACL would mean PUBLIC may execute)."""
+    functions = functions_in(conn)
+    assert len(functions) >= len(SQL_SURFACE)
+
+    for function in functions:
+        assert function["proacl"] is not None, f"{function['signature']} has default (PUBLIC) ACL"
+        public_grants = conn.execute(
+            "select count(*) as n from aclexplode(%s::aclitem[]) where grantee = 0",
+            (function["proacl"],),
+        ).fetchone()["n"]
+        assert public_grants == 0, f"PUBLIC may execute {function['signature']}"
+        for role in USER_ROLES:
+            allowed = conn.execute(
+                "select has_function_privilege(%s, %s, 'EXECUTE') as ok", (role, function["oid"])
+            ).fetchone()["ok"]
+            assert not allowed, f"{role} may execute {function['signature']}"
+
+
+@pytest.mark.parametrize("role", USER_ROLES)
+def test_users_calling_money_functions_directly_are_refused(conn, two_users, role):
+    """G9: even with a valid JWT, a Data API user can't grant itself credits or refund a job."""
+    alice, _bob = two_users
+    calls = [
+        ("select public.admin_grant_credits(%s, 1000, 'free money')", (alice,)),
+        ("select public.create_job(%s, 'image')", (alice,)),
+        ("select public.reap_stalled_jobs()", None),
+    ]
+    for query, params in calls:
+        assert sqlstate_as(conn, role, alice, query, params) == INSUFFICIENT_PRIVILEGE, query
+
+
+def test_service_role_runs_the_money_functions(conn, make_user):
+    """G9 (the other side): the server's service_role may execute every SPEC function, and a
+    real call through it works end to end."""
+    for function in functions_in(conn, ["public"]):
+        if function["proname"] in SQL_SURFACE:
+            allowed = conn.execute(
+                "select has_function_privilege('service_role', %s, 'EXECUTE') as ok",
+                (function["oid"],),
+            ).fetchone()["ok"]
+            assert allowed, function["signature"]
+
+    add_kind(conn, "image", 5)
+    user = make_user()
+    with as_role(conn, "service_role"):
+        call(conn, "admin_grant_credits", user_id=user, amount=10, reason="service")
+        create_job(conn, user, "image")
+        job = claim_one(conn, "image")
+        done = call(conn, "complete_job", job_id=job["id"], attempt=1, credits_used=2)
+        assert done["job"]["refunded"] == 3
+        assert discrepancies(conn) == []
+
+
+def test_every_function_pins_search_path(conn):
+    """G9: every function in public and credit_jobs_internal, and every security definer function
+    anywhere, runs with search_path = '' so no caller-created object can hijack a name."""
+    pinned = 'search_path=""'
+    functions = functions_in(conn)
+    definers = conn.execute(
+        "select p.oid::regprocedure::text as signature, p.proconfig from pg_proc p"
+        " where p.prosecdef and p.pronamespace not in"
+        " ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)"
+    ).fetchall()
+    assert any(f["prosecdef"] for f in functions)
+
+    for function in [*functions, *definers]:
+        assert pinned in (function["proconfig"] or []), function["signature"]
