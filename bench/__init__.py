@@ -1,0 +1,1 @@
+"""Benchmarks: the money core and the HTTP functions next to PostgreSQL's own limit (pgbench)."""
