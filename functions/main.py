@@ -1,0 +1,287 @@
+"""credit-jobs HTTP functions (SPEC §4): one functions-framework target per function.
+
+Deploy each target on its own (`gcloud functions deploy generate --entry-point generate ...`) or
+serve them all on one port (`python -m shared.dev`). Each handler: authenticate, parse, one stored
+procedure, shape the JSON. Plumbing (CORS, limits, errors) lives in shared.http.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import sys
+import uuid
+from pathlib import Path
+
+import flask
+import functions_framework
+
+# functions-framework loads this file by path; make the repository root importable for `shared`.
+ROOT = str(Path(__file__).resolve().parent.parent)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from shared.app import allowed_origins, services  # noqa: E402
+from shared.db import Json  # noqa: E402
+from shared.dispatch import DispatchError  # noqa: E402
+from shared.errors import ApiError, pipeline_unavailable, unauthorized  # noqa: E402
+from shared.http import endpoint, error_response, json_body  # noqa: E402
+from shared.log import log_event  # noqa: E402
+from shared.maintenance import run_maintenance  # noqa: E402
+from shared.models import (  # noqa: E402
+    CancelRequest,
+    CreditsQuery,
+    GenerateRequest,
+    HistoryQuery,
+    PipelineCallback,
+    ProjectCreate,
+    ProjectsQuery,
+    StatusQuery,
+    StepsQuery,
+    StepUpsert,
+    idempotency_key,
+)
+from shared.webhooks import verify  # noqa: E402
+
+# A completed job's result may be up to 1 MiB (complete_job's limit).
+MAX_CALLBACK_BYTES = 1024 * 1024 + 64 * 1024
+
+
+def _user_id(request: flask.Request) -> uuid.UUID:
+    return services().tokens.user_id(request.headers.get("Authorization"))
+
+
+@functions_framework.http
+@endpoint(methods=("POST",), allowed_origins=allowed_origins)
+def generate(request: flask.Request):
+    app = services()
+    user_id = _user_id(request)
+    body = GenerateRequest.model_validate(json_body(request))
+    push = app.settings.pipeline != "queue"
+    created = app.db.rpc(
+        "create_job",
+        p_user_id=user_id,
+        p_kind=body.kind,
+        p_params=body.params,
+        p_project_id=body.project_id,
+        p_step_number=body.step_number,
+        p_idempotency_key=idempotency_key(request.headers.get("Idempotency-Key")),
+        p_start_attempt=push,
+    )
+    job, balance = created["job"], created["balance"]
+    if created["replayed"]:
+        return {"job": job, "balance": balance, "replayed": True}, 200
+    log_event(
+        "job_created",
+        job_id=job["id"],
+        user_id=user_id,
+        attempt=job["attempt"],
+        kind=job["kind"],
+        cost=job["cost"],
+        outcome="charged",
+    )
+    if push:
+        try:
+            app.dispatcher.dispatch(job, app.settings.callback_url)
+        except DispatchError as exc:
+            return _refund_undispatched(job, user_id, str(exc))
+        log_event(
+            "job_dispatched",
+            job_id=job["id"],
+            user_id=user_id,
+            attempt=job["attempt"],
+            outcome=app.settings.pipeline,
+        )
+    return {"job": job, "balance": balance}, 201
+
+
+def _refund_undispatched(job: dict, user_id: uuid.UUID, reason: str):
+    """The pipeline refused the job: fail and refund it now, answer 503 with the refunded job."""
+    db = services().db
+    log_event(
+        "dispatch_failed",
+        logging.WARNING,
+        job_id=job["id"],
+        user_id=user_id,
+        attempt=job["attempt"],
+        outcome=reason,
+    )
+    try:
+        refunded = db.rpc(
+            "refund_job_atomic",
+            p_job_id=job["id"],
+            p_reason=f"pipeline unavailable: {reason}",
+            p_attempt=job["attempt"],
+        )
+    except ApiError as exc:
+        if exc.code in ("invalid_transition", "stale_attempt"):
+            # the pipeline got the job after all (e.g. our request timed out) and reported on it
+            current = db.rpc("get_job", p_user_id=user_id, p_job_id=job["id"])["job"]
+            balance = db.rpc("get_credits", p_user_id=user_id, p_limit=1)["balance"]
+            return {"job": current, "balance": balance}, 201
+        if exc.code != "database_unavailable":
+            raise
+        log_event(
+            "refund_deferred",
+            logging.ERROR,
+            job_id=job["id"],
+            user_id=user_id,
+            attempt=job["attempt"],
+            outcome="left to maintenance",
+        )
+        return error_response(pipeline_unavailable(), {"job": job})
+    log_event(
+        "job_refunded",
+        job_id=job["id"],
+        user_id=user_id,
+        attempt=job["attempt"],
+        outcome=refunded["outcome"],
+    )
+    return error_response(pipeline_unavailable(), {"job": refunded["job"]})
+
+
+@functions_framework.http
+@endpoint(
+    methods=("GET", "POST"), max_body_bytes=MAX_CALLBACK_BYTES, allowed_origins=allowed_origins
+)
+def status(request: flask.Request):
+    if request.method == "POST":
+        return _pipeline_callback(request)
+    user_id = _user_id(request)
+    query = StatusQuery.model_validate(request.args.to_dict())
+    return services().db.rpc("get_job", p_user_id=user_id, p_job_id=query.job_id)
+
+
+def _pipeline_callback(request: flask.Request) -> dict:
+    """A pipeline's signed report (SPEC §5); fenced by attempt, replays are `duplicate`."""
+    app = services()
+    verify(
+        app.settings.pipeline_webhook_secret, request.get_data(cache=True), dict(request.headers)
+    )
+    report = PipelineCallback.model_validate(json_body(request))
+    try:
+        applied = app.db.rpc(
+            "apply_pipeline_report",
+            p_job_id=report.job_id,
+            p_attempt=report.attempt,
+            p_status=report.status,
+            p_progress=report.progress,
+            p_result=None if report.result is None else Json(report.result),
+            p_error=report.error,
+            p_credits_used=report.credits_used,
+            p_retryable=report.retryable,
+        )
+    except ApiError as exc:
+        if exc.code in ("stale_attempt", "invalid_transition"):
+            log_event(
+                "report_rejected",
+                logging.WARNING,
+                job_id=report.job_id,
+                attempt=report.attempt,
+                status=report.status,
+                outcome=exc.code,
+            )
+        raise
+    job = applied["job"]
+    log_event(
+        "status_applied",
+        job_id=job["id"],
+        attempt=report.attempt,
+        status=job["status"],
+        report=report.status,
+        outcome=applied["outcome"],
+    )
+    if applied["outcome"] == "applied" and job["status"] == "failed":
+        log_event("job_refunded", job_id=job["id"], attempt=report.attempt, outcome="refunded")
+    return applied
+
+
+@functions_framework.http
+@endpoint(methods=("GET",), allowed_origins=allowed_origins)
+def history(request: flask.Request):
+    user_id = _user_id(request)
+    query = HistoryQuery.model_validate(request.args.to_dict())
+    return services().db.rpc(
+        "list_jobs",
+        p_user_id=user_id,
+        p_limit=query.limit,
+        p_cursor=query.cursor,
+        p_status=query.status,
+    )
+
+
+@functions_framework.http
+@endpoint(methods=("GET", "POST"), allowed_origins=allowed_origins)
+def projects(request: flask.Request):
+    db = services().db
+    user_id = _user_id(request)
+    if request.method == "POST":
+        body = ProjectCreate.model_validate(json_body(request))
+        return db.rpc("create_project", p_user_id=user_id, p_title=body.title), 201
+    query = ProjectsQuery.model_validate(request.args.to_dict())
+    if query.project_id is not None:
+        return db.rpc("get_project", p_user_id=user_id, p_project_id=query.project_id)
+    return db.rpc("list_projects", p_user_id=user_id, p_limit=query.limit, p_cursor=query.cursor)
+
+
+@functions_framework.http
+@endpoint(methods=("GET", "POST"), allowed_origins=allowed_origins)
+def steps(request: flask.Request):
+    db = services().db
+    user_id = _user_id(request)
+    if request.method == "POST":
+        body = StepUpsert.model_validate(json_body(request))
+        saved = db.rpc(
+            "upsert_project_step",
+            p_user_id=user_id,
+            p_project_id=body.project_id,
+            p_step_number=body.step_number,
+            p_data=body.data,
+            p_completed_at=body.completed_at,
+            p_skip_reason=body.skip_reason,
+        )
+        return saved, 201 if saved["created"] else 200
+    query = StepsQuery.model_validate(request.args.to_dict())
+    return db.rpc("list_project_steps", p_user_id=user_id, p_project_id=query.project_id)
+
+
+@functions_framework.http
+@endpoint(methods=("GET",), allowed_origins=allowed_origins)
+def credits(request: flask.Request):
+    user_id = _user_id(request)
+    query = CreditsQuery.model_validate(request.args.to_dict())
+    return services().db.rpc(
+        "get_credits", p_user_id=user_id, p_limit=query.limit, p_cursor=query.cursor
+    )
+
+
+@functions_framework.http
+@endpoint(methods=("POST",), allowed_origins=allowed_origins)
+def cancel(request: flask.Request):
+    user_id = _user_id(request)
+    body = CancelRequest.model_validate(json_body(request))
+    cancelled = services().db.rpc("cancel_job", p_job_id=body.job_id, p_user_id=user_id)
+    job = cancelled["job"]
+    log_event(
+        "job_cancelled",
+        job_id=job["id"],
+        user_id=user_id,
+        attempt=job["attempt"],
+        outcome=cancelled["outcome"],
+    )
+    return {"job": job, "balance": cancelled["balance"]}
+
+
+@functions_framework.http
+@endpoint(methods=("POST",), allowed_origins=allowed_origins)
+def maintenance(request: flask.Request):
+    app = services()
+    expected = app.settings.maintenance_token
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if (
+        not expected
+        or scheme.lower() != "bearer"
+        or not hmac.compare_digest(token.strip().encode(), expected.encode())
+    ):
+        raise unauthorized("a valid maintenance token is required")
+    return run_maintenance(app.db, app.dispatcher, app.settings.callback_url)
