@@ -205,9 +205,9 @@ def test_random_concurrent_operations_keep_every_money_invariant(conn, db_url, m
         select j.id, j.status, j.cost, j.credits_used, j.refunded,
                coalesce(sum(-l.amount) filter (where l.entry_type = 'charge'), 0) as ledger_charge,
                coalesce(sum(l.amount) filter (where l.entry_type = 'refund'), 0) as ledger_refund
-          from public.jobs j
-          left join public.credit_ledger l on l.job_id = j.id
-          group by j.id
+        from public.jobs j
+        left join public.credit_ledger l on l.job_id = j.id
+        group by j.id
         )
         select * from money
         where refunded <> ledger_refund
