@@ -45,7 +45,8 @@ class Config:
     history_samples: int = 500
     page_size: int = 20
     stalled_jobs: int = 100_000
-    reap_batch: int = 1000
+    reap_batches: list[int] = field(default_factory=lambda: [1000, 100])
+    foreground_clients: int = 8
     overdraw_users: int = 20
     overdraw_jobs_per_user: int = 10
     overdraw_attempts_per_client: int = 60
@@ -67,7 +68,8 @@ class Config:
             history_heavy_jobs=1500,
             history_samples=20,
             stalled_jobs=300,
-            reap_batch=100,
+            reap_batches=[100],
+            foreground_clients=4,
             overdraw_users=5,
             overdraw_attempts_per_client=20,
             http_workers=1,

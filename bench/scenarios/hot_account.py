@@ -27,7 +27,8 @@ def run(ctx: Context) -> dict[str, Any]:
 
         url = ctx.core_copy("s2")
         result = ctx.pgbench(url).run(clients, cfg.seconds, script=HOT_CREATE_JOB_SCRIPT)
-        series.add("hot_create_job_pgbench", clients, ctx.record("create_job, one user (pgbench)", result))
+        summary = ctx.record("create_job, one user (pgbench)", result)
+        series.add("hot_create_job_pgbench", clients, summary)
 
         url = ctx.core_copy("s2")
         result, _ = measure(

@@ -25,7 +25,8 @@ NAIVE_SCHEMA = (
     "create table naive_jobs (id uuid primary key default gen_random_uuid(),"
     " user_id uuid not null, kind text not null, cost integer not null,"
     " status text not null default 'pending', params jsonb not null default '{}',"
-    " created_at timestamptz not null default now(), updated_at timestamptz not null default now())",
+    " created_at timestamptz not null default now(),"
+    " updated_at timestamptz not null default now())",
     "create index on naive_jobs (user_id, created_at desc)",
 )
 
