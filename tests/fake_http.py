@@ -39,10 +39,13 @@ def fake_server(respond: Responder = lambda request: (202, {"ok": True})) -> Ite
     requests: list[Recorded] = []
 
     class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.do_POST()
+
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             recorded = Recorded(
-                "POST",
+                self.command,
                 self.path,
                 {k.lower(): v for k, v in self.headers.items()},
                 self.rfile.read(length),

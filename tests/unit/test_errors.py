@@ -1,0 +1,49 @@
+"""The one table from SQLSTATE to API error, and the shape of error bodies."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from shared import errors
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "code", "status"),
+    [
+        ("CJ001", "insufficient_credits", 402),
+        ("CJ002", "unknown_kind", 400),
+        ("CJ003", "not_found", 404),
+        ("CJ004", "invalid_transition", 409),
+        ("CJ005", "stale_attempt", 409),
+        ("CJ006", "idempotency_key_reused", 422),
+        ("CJ007", "invalid_argument", 400),
+    ],
+)
+def test_business_sqlstates_map_to_spec_codes(sqlstate, code, status):
+    error = errors.from_sqlstate(sqlstate, "our message")
+    assert (error.code, error.status, error.message) == (code, status, "our message")
+    assert error.body() == {"error": {"code": code, "message": "our message"}}
+
+
+@pytest.mark.parametrize("sqlstate", ["42883", "23505", None, "CJ999"])
+def test_anything_else_is_a_logged_internal_error_without_sql_text(sqlstate, caplog):
+    with caplog.at_level(logging.ERROR, logger="credit_jobs.errors"):
+        error = errors.from_sqlstate(sqlstate, "function public.secret_fn() does not exist")
+    assert (error.code, error.status) == ("internal_error", 500)
+    assert "secret_fn" not in error.message
+    assert "secret_fn" in caplog.text
+
+
+def test_non_database_errors():
+    assert (errors.unauthorized().code, errors.unauthorized().status) == ("unauthorized", 401)
+    assert errors.invalid_request("x").status == 400
+    assert errors.payload_too_large(10).status == 413
+    assert errors.method_not_allowed("PUT").status == 405
+    assert errors.pipeline_unavailable().status == 503
+    assert errors.invalid_signature().status == 401
+    assert (errors.database_unavailable().code, errors.database_unavailable().status) == (
+        "database_unavailable",
+        503,
+    )
