@@ -39,6 +39,7 @@ POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 10
 POOL_TIMEOUT_SECONDS = 10.0
 CONNECT_TIMEOUT_SECONDS = 10
+DATA_API_TIMEOUT_SECONDS = 30.0
 
 
 class Database(Protocol):
@@ -101,9 +102,15 @@ class SupabaseDatabase:
     def _get_client(self):
         with self._lock:
             if self._client is None:
+                import httpx
+                from supabase.lib.client_options import SyncClientOptions
+
                 from supabase import create_client
 
-                self._client = create_client(self.url, self.service_role_key)
+                http = httpx.Client(timeout=httpx.Timeout(DATA_API_TIMEOUT_SECONDS, connect=5.0))
+                self._client = create_client(
+                    self.url, self.service_role_key, SyncClientOptions(httpx_client=http)
+                )
             return self._client
 
 
