@@ -207,7 +207,7 @@ def _client(plan, factory, client_id, barrier, stop, counts, spans, lock) -> Non
                     break
                 continue
             except Exception as exc:  # an HTTP client's transport error, say: count, go on
-                errors[type(exc).__name__] += measured
+                errors[f"{type(exc).__name__}: {exc}"[:80]] += measured
                 continue
             if measured:
                 done += 1
