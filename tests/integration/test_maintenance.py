@@ -299,7 +299,7 @@ def test_pg_cron_schedules_the_reaper_where_installable(server_url):
     """Needs pg_cron installed, preloaded, and cron.database_name = credit_jobs_cron_test."""
     with psycopg.connect(server_url, autocommit=True) as server:
         if not server.execute(
-            "select from pg_available_extensions where name = 'pg_cron'"
+            "select 1 from pg_available_extensions where name = 'pg_cron'"
         ).fetchone():
             pytest.skip("pg_cron is not installed on this server (Debian: postgresql-15-cron)")
         [cron_database] = server.execute(
