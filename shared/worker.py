@@ -2,6 +2,9 @@
 
     python -m shared.worker --kinds story --handler shared.demo_handlers:story --concurrency 4
 
+The database is DATABASE_URL (or SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY); with neither, the
+embedded one of a running `PIPELINE=queue python -m shared.dev`.
+
 The handler is called with the job (a dict with the Job fields) and returns a JSON-serializable
 result. A handler with a `progress` parameter also gets `progress(percent)` to report progress;
 it is sent with the next heartbeat. An exception fails the job: retried (if the kind allows
@@ -34,7 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared import log
-from shared.db import Database, Json, database_from_settings
+from shared.db import Database, Json, PostgresDatabase, database_from_settings
+from shared.embedded import PGDATA_NAME, start_embedded
 from shared.errors import ApiError
 from shared.log import log_event
 from shared.settings import Settings
@@ -260,6 +264,21 @@ def _accepts_progress(handler: Handler) -> bool:
         return False
 
 
+def _database(settings: Settings) -> Database:
+    if settings.database_url or settings.supabase_url:
+        return database_from_settings(settings)
+    # Nothing configured: the embedded database of a running `python -m shared.dev`.
+    from shared.dev import data_dir_from
+
+    data_dir = data_dir_from(os.environ)
+    if not (data_dir / PGDATA_NAME / "postmaster.pid").exists():
+        raise RuntimeError(
+            "set DATABASE_URL, or start `PIPELINE=queue python -m shared.dev` first to use its"
+            " embedded database"
+        )
+    return PostgresDatabase(start_embedded(data_dir, keep=True))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m shared.worker",
@@ -297,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ImportError, AttributeError, ValueError) as exc:
         parser.error(f"cannot load handler {args.handler!r}: {exc}")
     try:
-        db = database_from_settings(Settings.from_env())
+        db = _database(Settings.from_env())
     except (RuntimeError, ValueError) as exc:
         parser.error(str(exc))
 
