@@ -30,6 +30,8 @@ WORKERS = 4
 # Jobs waiting for a worker; beyond this dispatch fails and `generate` refunds (503).
 QUEUE_SIZE = 100
 STEP_SECONDS = 0.2
+# A voice-over takes a little longer: long enough to try `cancel` while it runs.
+SLOW_KINDS = {"voice": 1.0}
 CALLBACK_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 CALLBACK_TRIES = 3
 
@@ -39,11 +41,10 @@ class CallbackRejected(Exception):
 
 
 class LocalPipeline:
-    def __init__(self, settings: Settings, *, step_seconds: float = STEP_SECONDS) -> None:
+    def __init__(self, settings: Settings) -> None:
         if not settings.pipeline_webhook_secret:
             raise ValueError("PIPELINE=local needs PIPELINE_WEBHOOK_SECRET to sign its callbacks")
         self._secrets = settings.pipeline_webhook_secret
-        self._step_seconds = step_seconds
         self._runs: queue.Queue[tuple[dict, str] | None] = queue.Queue(maxsize=QUEUE_SIZE)
         self._closing = threading.Event()
         self._http = httpx.Client(timeout=CALLBACK_TIMEOUT)
@@ -98,9 +99,10 @@ class LocalPipeline:
                 )
 
     def _run(self, job: dict, callback_url: str) -> None:
+        step_seconds = SLOW_KINDS.get(job["kind"], STEP_SECONDS)
         for progress in (0, 50):
             self._report(callback_url, job, status="processing", progress=progress)
-            time.sleep(self._step_seconds)
+            time.sleep(step_seconds)
         if job["kind"] == FAILING_KIND:
             self._report(
                 callback_url,
@@ -125,7 +127,7 @@ class LocalPipeline:
             else:
                 if response.status_code < 500 or attempt == CALLBACK_TRIES:
                     break
-            time.sleep(self._step_seconds * attempt)
+            time.sleep(STEP_SECONDS * attempt)
         if response.status_code >= 400:
             raise CallbackRejected(f"{fields['status']} answered {response.status_code}")
 

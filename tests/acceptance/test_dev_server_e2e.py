@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -138,12 +139,16 @@ def postmaster(data_dir: Path) -> psutil.Process | None:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
+def data_dir() -> Iterator[Path]:
+    # Not under pytest's tmp_path: a concurrent pytest session resets its root to mode 0700,
+    # and the embedded server runs as another user that must reach its data dir.
+    path = Path(tempfile.mkdtemp(prefix="credit-jobs-dev-e2e-"))
+    yield path
     # Whatever happened, leave no PostgreSQL behind (SIGINT = fast shutdown).
-    if (process := postmaster(tmp_path)) is not None:
+    if (process := postmaster(path)) is not None:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=STOP_TIMEOUT)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
