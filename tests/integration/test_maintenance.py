@@ -301,7 +301,7 @@ def test_pg_cron_schedules_the_reaper_where_installable(server_url):
         if not server.execute(
             "select 1 from pg_available_extensions where name = 'pg_cron'"
         ).fetchone():
-            pytest.skip("pg_cron is not installed on this server (Debian: postgresql-15-cron)")
+            pytest.skip("pg_cron is not installed on this server (Debian: postgresql-<major>-cron)")
         [cron_database] = server.execute(
             "select current_setting('cron.database_name', true)"
         ).fetchone()
@@ -327,3 +327,54 @@ def test_pg_cron_schedules_the_reaper_where_installable(server_url):
         assert jobs == [("* * * * *", "select public.reap_stalled_jobs(1000)", CRON_TEST_DATABASE)]
     finally:
         drop_database(server_url, CRON_TEST_DATABASE)
+
+
+ADMIN_DIR = DEFAULT_DIR.parent / "admin"
+
+
+def commented_statement(file: str, first_line: str) -> str:
+    """A runbook statement shipped commented out (it writes), uncommented as an admin would."""
+    lines = (ADMIN_DIR / file).read_text().splitlines()
+    start = lines.index(f"-- {first_line}")
+    statement = []
+    for line in lines[start:]:
+        statement.append(line.removeprefix("-- "))
+        if line.endswith(";"):
+            return "\n".join(statement)
+    raise AssertionError(f"{first_line!r} does not end in {file}")
+
+
+def test_stuck_workers_runbook_groups_stalled_jobs_by_worker(conn, make_user, story):
+    user = make_user(balance=100)
+    jobs = [create_job(conn, user, story) for _ in range(2)]
+    claim(conn, [story], limit=2)
+    for job in jobs:
+        expire_lease(conn, job["id"])
+
+    [worker] = conn.execute((ADMIN_DIR / "stuck_workers.sql").read_text()).fetchall()
+    assert (worker["worker_id"], worker["stalled_jobs"]) == ("test-worker", 2)
+    assert sorted(str(j) for j in worker["job_ids"]) == sorted(j["id"] for j in jobs)
+
+
+def test_retry_failed_job_runbook_creates_one_new_paid_job(conn, make_user, story):
+    user = make_user(balance=100)
+    failed = create_job(conn, user, story, params={"topic": "again"})
+    claim(conn, [story])
+    call(conn, "fail_job", job_id=failed["id"], attempt=1, error="boom", retryable=False)
+    retry = commented_statement("retry_failed_job.sql", "select public.create_job(").replace(
+        "00000000-0000-0000-0000-000000000000", failed["id"]
+    )
+
+    [first] = conn.execute(retry).fetchall()
+    [second] = conn.execute(retry).fetchall()
+
+    new_job = first["create_job"]["job"]
+    assert (first["create_job"]["replayed"], second["create_job"]["replayed"]) == (False, True)
+    assert second["create_job"]["job"]["id"] == new_job["id"] != failed["id"]
+    assert (new_job["kind"], new_job["params"], new_job["status"]) == (
+        story,
+        {"topic": "again"},
+        "pending",
+    )
+    assert ledger_for_job(conn, new_job["id"]) == [("charge", -COST)]
+    assert balance(conn, user) == 100 - COST  # the failed job was refunded, the retry is paid
