@@ -222,8 +222,10 @@ class Worker:
                 )
             except ApiError as exc:
                 if exc.code in LOST_CODES:
-                    active.finished.set()
-                    self._log_job("job_lost", active, logging.WARNING, error=exc.message)
+                    # unless the job ended meanwhile (its own final report beat this heartbeat)
+                    if not active.finished.is_set():
+                        active.finished.set()
+                        self._log_job("job_lost", active, logging.WARNING, error=exc.message)
                     return
                 self._log_job("heartbeat_failed", active, logging.WARNING, error=exc.message)
             if active.finished.wait(min_gap):
