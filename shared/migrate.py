@@ -18,8 +18,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = ROOT / "supabase" / "migrations"
@@ -197,22 +199,24 @@ def discover(migrations_dir: Path = DEFAULT_DIR) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-def applied_versions(conn: psycopg.Connection) -> dict[str, str]:
+def applied_versions(conn: psycopg.Connection[Any]) -> dict[str, str]:
     """Return {version: name} of the migrations recorded in the database (empty if none)."""
-    if conn.execute("select to_regclass('supabase_migrations.schema_migrations')").fetchone() == (
-        None,
-    ):
-        return {}
-    rows = conn.execute(
-        "select version, coalesce(name, '') from supabase_migrations.schema_migrations"
-        " order by version"
-    ).fetchall()
-    return {version: name for version, name in rows}
+    with conn.cursor(row_factory=tuple_row) as cur:
+        cur.execute("select to_regclass('supabase_migrations.schema_migrations') is not null")
+        if cur.fetchone() != (True,):
+            return {}
+        cur.execute(
+            "select version, coalesce(name, '') from supabase_migrations.schema_migrations"
+            " order by version"
+        )
+        return dict(cur.fetchall())
 
 
-def needs_bootstrap(conn: psycopg.Connection) -> bool:
+def needs_bootstrap(conn: psycopg.Connection[Any]) -> bool:
     """True on plain Postgres, where Supabase's auth.users does not exist yet."""
-    return conn.execute("select to_regclass('auth.users') is null").fetchone() == (True,)
+    with conn.cursor(row_factory=tuple_row) as cur:
+        cur.execute("select to_regclass('auth.users') is null")
+        return cur.fetchone() == (True,)
 
 
 @dataclass(frozen=True)
@@ -268,7 +272,7 @@ def migrate(
     return applied
 
 
-def _bootstrap(conn: psycopg.Connection, bootstrap: Path, retries: int = 3) -> None:
+def _bootstrap(conn: psycopg.Connection[Any], bootstrap: Path, retries: int = 3) -> None:
     for attempt in range(retries):
         try:
             with conn.transaction():
@@ -284,11 +288,11 @@ def _bootstrap(conn: psycopg.Connection, bootstrap: Path, retries: int = 3) -> N
                 raise
 
 
-def _lock(conn: psycopg.Connection) -> None:
+def _lock(conn: psycopg.Connection[Any]) -> None:
     conn.execute("select pg_advisory_xact_lock(%s)", (LOCK_KEY,))
 
 
-def _run_file(conn: psycopg.Connection, path: Path) -> list[str]:
+def _run_file(conn: psycopg.Connection[Any], path: Path) -> list[str]:
     # Runs inside the caller's transaction, statement by statement like the CLI's batch.
     sql = path.read_text(encoding="utf-8")
     statements = _split(sql)
@@ -325,7 +329,7 @@ def _describe(path: Path, sql: str, number: int, stmt: Statement, exc: psycopg.E
     return "\n".join(parts)
 
 
-def _connect(url: str) -> psycopg.Connection:
+def _connect(url: str) -> psycopg.Connection[Any]:
     # Autocommit so each transaction() block is one real transaction; no prepared statements so
     # a Supavisor transaction pooler (port 6543) works too.
     return psycopg.connect(url, autocommit=True, prepare_threshold=None)
