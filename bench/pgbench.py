@@ -16,6 +16,7 @@ from bench.load import Result
 
 TPS_LINE = re.compile(r"^tps = ([\d.]+) \(without initial connection time\)", re.MULTILINE)
 LATENCY_LINE = re.compile(r"^latency average = ([\d.]+) ms", re.MULTILINE)
+SHORT_RUN_TRANSACTIONS = 20
 FAILED_LINE = re.compile(r"^number of failed transactions: (\d+)", re.MULTILINE)
 
 
@@ -38,9 +39,15 @@ class Pgbench:
         variables: dict[str, object] | None = None,
         vacuum: bool = False,
     ) -> Result:
-        """Run one timed pgbench; latencies are not sampled (only the average is printed)."""
+        """Run one timed pgbench; latencies are not sampled (only the average is printed).
+
+        Under a second (smoke tests) it runs SHORT_RUN_TRANSACTIONS per client instead.
+        """
         args = ["-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2))]
-        args += ["-T", str(max(1, round(seconds)))]
+        if seconds >= 1:
+            args += ["-T", str(round(seconds))]
+        else:
+            args += ["-t", str(SHORT_RUN_TRANSACTIONS)]
         if not vacuum:
             args.append("-n")
         for name, value in (variables or {}).items():
@@ -56,8 +63,7 @@ class Pgbench:
         tps = float(TPS_LINE.search(out).group(1))
         failed = FAILED_LINE.search(out)
         latency = LATENCY_LINE.search(out)
-        result = Result(clients=clients, seconds=max(1, round(seconds)), ops=0)
-        result.ops = round(tps * result.seconds)
+        result = Result(clients=clients, seconds=seconds, ops=round(tps * seconds))
         if failed and int(failed.group(1)):
             result.errors["failed"] = int(failed.group(1))
         if latency:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 
-def write(results: dict[str, Any], out: Path) -> list[Path]:
+def write(results: dict[str, Any], out: Path, *, charts: bool = True) -> list[Path]:
     """Write <out>/<date>.json, <out>/<date>.md and <out>/<date>/*.png; return their paths."""
     out.mkdir(parents=True, exist_ok=True)
     stem = dt.date.fromisoformat(results["meta"]["date"][:10]).isoformat()
@@ -17,9 +17,11 @@ def write(results: dict[str, Any], out: Path) -> list[Path]:
     json_path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
     md_path = out / f"{stem}.md"
     md_path.write_text(markdown(results))
-    from bench import charts
+    if not charts:
+        return [json_path, md_path]
+    from bench.charts import draw  # matplotlib: requirements-bench.txt only
 
-    return [json_path, md_path, *charts.draw(results, out / stem)]
+    return [json_path, md_path, *draw(results, out / stem)]
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:

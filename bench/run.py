@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", help=f"comma-separated scenarios of: {', '.join(SCENARIOS)}")
     parser.add_argument("--out", type=Path, help="results directory")
     parser.add_argument("--keep", action="store_true", help="keep the embedded server running")
+    parser.add_argument("--no-charts", action="store_true", help="skip the PNGs (no matplotlib)")
     args = parser.parse_args(argv)
 
     config = Config.quick() if args.quick else Config()
@@ -73,8 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         results["meta"]["wall_seconds"] = round(time.monotonic() - ctx.started, 1)
         stop(server)
-    paths = report.write(results, out)
-    ctx.log("wrote " + ", ".join(str(p.relative_to(ROOT)) for p in paths))
+    paths = report.write(results, out, charts=not args.no_charts)
+    ctx.log("wrote " + ", ".join(os.path.relpath(p, Path.cwd()) for p in paths))
     print(report.markdown(results))
     return 0
 

@@ -73,7 +73,10 @@ def _plan(conn: psycopg.Connection, user: int, cursor: str | None, size: int) ->
     """The plan of the query inside list_jobs, as auto_explain logs it (sent to us as notices)."""
     notices: list[str] = []
     conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
-    conn.execute("load 'auto_explain'")
+    try:
+        conn.execute("load 'auto_explain'")  # superuser only; ships with PostgreSQL's contrib
+    except psycopg.Error as exc:
+        return f"auto_explain unavailable: {exc}"
     for setting, value in (
         ("auto_explain.log_min_duration", "0"),
         ("auto_explain.log_analyze", "on"),

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 SOURCE = ROOT / "functions" / "main.py"
 JWT_SECRET = "bench-jwt-secret-" + "x" * 32
 WEBHOOK_SECRET = "whsec_" + "YmVuY2gtd2ViaG9vay1zZWNyZXQtMzItYnl0ZXMh"
+SERVER_LOG = ROOT / "bench" / "results" / "tmp" / "http-server.log"
 
 
 class HttpStatusError(Exception):
@@ -100,6 +101,7 @@ def _free_port() -> int:
 
 
 def _serve(target: str, db_url: str, workers: int, threads: int, log: Path) -> tuple[Any, str]:
+    """Start a functions-framework server for `target`; returns (process, base URL)."""
     port = _free_port()
     env = os.environ | {
         "DATABASE_URL": db_url,
@@ -113,14 +115,17 @@ def _serve(target: str, db_url: str, workers: int, threads: int, log: Path) -> t
     args += ["--source", str(SOURCE), "--host", "127.0.0.1", "--port", str(port)]
     with log.open("ab") as out:
         proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_until_up(proc: Any, url: str, target: str, log: Path) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{target} server exited; see {log}")
         try:
             httpx.get(url, timeout=1)  # any answer (405) means it is up
-            return proc, url
+            return
         except httpx.TransportError:
             time.sleep(0.2)
     proc.kill()
@@ -136,6 +141,7 @@ def _stop(proc: Any) -> None:
 
 
 def _statement_calls(url: str) -> dict[str, int]:
+    """pg_stat_statements calls per statement text in url's database."""
     with psycopg.connect(url, autocommit=True) as conn:
         rows = conn.execute(
             "select query, sum(calls)::bigint from pg_stat_statements"
@@ -163,65 +169,77 @@ def _push_jobs(url: str, count: int) -> list[dict[str, Any]]:
         ]
 
 
-def run(ctx: Context) -> dict[str, Any]:
+MEASURED = (  # series name, load operation, whether the client needs a database connection
+    ("generate", f"{__name__}:generate_op", False),
+    ("status_callback", f"{__name__}:status_op", False),
+    ("sql_create_job", "bench.scenarios.sql_core:create_job_op", True),
+)
+
+
+def _round_trips(url: str, requests: int) -> dict[str, Any]:
+    """Statement calls per request since the last reset (our reset call excluded)."""
+    calls = {q: c for q, c in _statement_calls(url).items() if "pg_stat_statements_reset" not in q}
+    top = sorted(calls.items(), key=lambda kv: -kv[1])[:6]
+    return {
+        "per_request": round(sum(calls.values()) / max(requests, 1), 2),
+        "statements": {q[:120]: round(c / max(requests, 1), 2) for q, c in top},
+    }
+
+
+def _one_round(ctx: Context, round_no: int, series: Series, trips: dict[str, Any]) -> None:
     from bench.load import measure
 
     cfg = ctx.config
-    log = ROOT / "bench" / "results" / "tmp" / "http-server.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_bytes(b"")
+    url = ctx.core_copy("s4")
+    counting = ctx.server.has_pg_stat_statements()
+    if counting:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("create extension if not exists pg_stat_statements")
+    jobs = [{"id": j["id"], "attempt": j["attempt"]} for j in _push_jobs(url, max(cfg.clients))]
+    servers = {
+        target: _serve(target, url, cfg.http_workers, cfg.http_threads, SERVER_LOG)
+        for target in ("generate", "status")
+    }
+    try:
+        for target, (proc, base_url) in servers.items():
+            _wait_until_up(proc, base_url, target, SERVER_LOG)
+        params = {
+            "users": cfg.users,
+            "generate_url": servers["generate"][1],
+            "status_url": servers["status"][1],
+            "jobs": jobs,
+        }
+        for clients in cfg.clients:
+            ctx.log(f"s4 HTTP, round {round_no}/{cfg.runs}, {clients} clients")
+            for name, op, connect in MEASURED:
+                if counting:
+                    _reset_statements(url)
+                result, _ = measure(
+                    url, op, clients, seconds=cfg.seconds, params=params, connect=connect
+                )
+                series.add(
+                    name, clients, ctx.record(f"{name} ({'SQL' if connect else 'HTTP'})", result)
+                )
+                if counting and not connect and round_no == 1:
+                    requests = result.ops + sum(result.errors.values())
+                    trips.setdefault(name, {})[str(clients)] = _round_trips(url, requests)
+    finally:
+        for proc, _ in servers.values():
+            _stop(proc)
+        ctx.drop(url)
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    cfg = ctx.config
+    SERVER_LOG.parent.mkdir(parents=True, exist_ok=True)
+    SERVER_LOG.write_bytes(b"")
     series = Series()
-    round_trips: dict[str, dict[str, Any]] = {}
+    trips: dict[str, dict[str, Any]] = {}
     for round_no in range(1, cfg.runs + 1):
-        url = ctx.core_copy("s4")
-        counting = ctx.server.has_pg_stat_statements()
-        if counting:
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("create extension if not exists pg_stat_statements")
-        jobs = [{"id": j["id"], "attempt": j["attempt"]} for j in _push_jobs(url, max(cfg.clients))]
-        generate, generate_url = _serve("generate", url, cfg.http_workers, cfg.http_threads, log)
-        status, status_url = _serve("status", url, cfg.http_workers, cfg.http_threads, log)
-        params = {"users": cfg.users, "generate_url": generate_url, "status_url": status_url,
-                  "jobs": jobs}  # fmt: skip
-        try:
-            for clients in cfg.clients:
-                ctx.log(f"s4 HTTP, round {round_no}/{cfg.runs}, {clients} clients")
-                for name, op, connect in (
-                    ("generate", "generate_op", False),
-                    ("status_callback", "status_op", False),
-                    ("sql_create_job", None, True),
-                ):
-                    target = f"{__name__}:{op}" if op else "bench.scenarios.sql_core:create_job_op"
-                    if counting:
-                        _reset_statements(url)
-                    result, _ = measure(
-                        url, target, clients, seconds=cfg.seconds, params=params, connect=connect
-                    )
-                    series.add(
-                        name, clients, ctx.record(f"{name} ({'HTTP' if op else 'SQL'})", result)
-                    )
-                    if counting and op and round_no == 1:
-                        requests = result.ops + sum(result.errors.values())
-                        calls = _statement_calls(url)
-                        calls.pop(
-                            next((q for q in calls if "pg_stat_statements_reset" in q), ""), None
-                        )
-                        round_trips.setdefault(name, {})[str(clients)] = {
-                            "per_request": round(sum(calls.values()) / max(requests, 1), 2),
-                            "statements": {
-                                q[:120]: round(c / max(requests, 1), 2)
-                                for q, c in sorted(calls.items(), key=lambda kv: -kv[1])[:6]
-                            },
-                        }
-        finally:
-            _stop(generate)
-            _stop(status)
-            ctx.drop(url)
-    for name, by_clients in round_trips.items():
+        _one_round(ctx, round_no, series, trips)
+    for name, by_clients in trips.items():
         first = next(iter(by_clients.values()))
-        ctx.log(
-            f"    round trips per {name} request: {first['per_request']} ({first['statements']})"
-        )
+        ctx.log(f"    round trips per {name} request: {first['per_request']}")
     return {
         "workers": cfg.http_workers,
         "threads": cfg.http_threads,
@@ -232,5 +250,5 @@ def run(ctx: Context) -> dict[str, Any]:
         "ratio_status_to_create_job": {
             str(c): series.paired_ratio("status_callback", "sql_create_job", c) for c in cfg.clients
         },
-        "round_trips": round_trips,
+        "round_trips": trips,
     }

@@ -1,0 +1,47 @@
+"""The benchmark harness still runs: every scenario once, at tiny size, on the test server.
+
+Measures nothing worth reading (0.3 s windows, 50 users); it only keeps bench/ from rotting.
+Charts are drawn only where matplotlib is installed (requirements-bench.txt).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import run
+
+SCENARIOS = set(run.SCENARIOS)
+
+
+def test_every_scenario_runs_and_reports(
+    server_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BENCH_DATABASE_URL", server_url)
+    charts = importlib.util.find_spec("matplotlib") is not None
+    args = ["--quick", "--clients", "2", "--seconds", "0.3", "--out", str(tmp_path)]
+    assert run.main(args + ([] if charts else ["--no-charts"])) == 0
+
+    (record,) = tmp_path.glob("*.json")
+    results = json.loads(record.read_text())
+    assert set(results["scenarios"]) == SCENARIOS
+    assert {t["target"].split(",")[0] for t in results["targets"]} >= {
+        "create_job / tpcb-like",
+        "lifecycle / tpcb-like",
+        "history p99",
+        "foreground p99 while reaping / idle p99",
+    }
+    # The correctness half of the comparisons holds at any size.
+    overdraw = results["scenarios"]["seed_way"]["overdraw"]["2"]
+    assert overdraw["ours"]["jobs_without_money"] == [0]
+    assert overdraw["ledger_discrepancies"] == [0]
+    reaping = results["scenarios"]["reaping"]["by_batch"]
+    assert all(r["stalled_left"] == 0 and r["ledger_discrepancies"] == 0
+               for batch in reaping.values() for r in batch["runs"])  # fmt: skip
+    assert results["scenarios"]["history"]["plan_uses_index"] in (True, False)
+    assert (tmp_path / record.name.replace(".json", ".md")).exists()
+    if charts:
+        assert len(list((tmp_path / record.stem).glob("*.png"))) == 6
