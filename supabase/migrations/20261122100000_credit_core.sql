@@ -879,6 +879,8 @@ create policy "users read their own jobs" on public.jobs
 revoke all on public.job_kinds, public.credit_accounts, public.credit_ledger, public.projects,
   public.project_steps, public.jobs, public.credit_discrepancies, public.stalled_jobs
   from anon, authenticated, service_role;
+-- ...and on sequences (the ledger's identity): UPDATE there would let a caller setval() it.
+revoke all on all sequences in schema public from anon, authenticated;
 grant select on public.job_kinds to anon, authenticated;
 grant select on public.credit_accounts, public.credit_ledger, public.projects,
   public.project_steps, public.jobs to authenticated;
