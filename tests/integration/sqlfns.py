@@ -191,3 +191,18 @@ def broken_balance_after_chain(conn: psycopg.Connection) -> list[dict]:
             """
         )
         return cur.fetchall()
+
+
+def slow_down_job_updates(conn: psycopg.Connection, seconds: float) -> None:
+    """Make every UPDATE of a job row take `seconds` longer (test database only).
+
+    Widens race windows, so a missing row lock shows up on every run, not once in a while.
+    """
+    conn.execute(
+        f"""
+        create function public.test_slow_job_update() returns trigger
+        language plpgsql as $$ begin perform pg_sleep({float(seconds)}); return new; end $$;
+        create trigger test_slow_job_update before update on public.jobs
+          for each row execute function public.test_slow_job_update();
+        """
+    )

@@ -21,6 +21,7 @@ from tests.integration.sqlfns import (
     outcome_or_sqlstate,
     race,
     raises_sqlstate,
+    slow_down_job_updates,
 )
 
 pytestmark = pytest.mark.integration
@@ -37,10 +38,12 @@ def refund_entry_time(conn: psycopg.Connection, job_id) -> object:
 
 
 def test_parallel_refunds_of_one_job_refund_once(conn, db_url, make_user):
-    """G3: 16 simultaneous refund_job_atomic calls on separate connections: one refund."""
+    """G3: 16 simultaneous refund_job_atomic calls on separate connections: one refund, the
+    others wait for it (row lock) and answer already_refunded."""
     add_kind(conn, "image", 10)
     user = make_user(10)
     job = create_job(conn, user, "image")
+    slow_down_job_updates(conn, 0.2)
 
     outcomes = race(
         db_url, 16, lambda c, _i: outcome_or_sqlstate(c, "refund_job_atomic", job_id=job["id"])
@@ -58,6 +61,7 @@ def test_racing_refund_fail_and_cancel_end_the_job_once(conn, db_url, make_user)
     user = make_user(10)
     create_job(conn, user, "image")
     job = claim_one(conn, "image")
+    slow_down_job_updates(conn, 0.2)
 
     def end_it(c: psycopg.Connection, i: int) -> str:
         match i % 3:

@@ -7,13 +7,19 @@ and the JWT claims in `request.jwt.claims`.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.rows import dict_row
 
+from shared.embedded import with_database
+from shared.migrate import migrate
+from tests.helpers import create_database, drop_database
 from tests.integration.sqlfns import add_kind, call, claim_one, create_job, discrepancies
 
 pytestmark = pytest.mark.integration
@@ -22,6 +28,22 @@ INSUFFICIENT_PRIVILEGE = "42501"
 USER_ROLES = ("anon", "authenticated")
 OWNED_TABLES = ("credit_accounts", "credit_ledger", "projects", "project_steps", "jobs")
 SCHEMAS = ("public", "credit_jobs_internal")
+BOOTSTRAP = Path(__file__).resolve().parents[2] / "supabase" / "bootstrap.sql"
+# Every privilege the Data API roles may hold on our schemas: reading, nothing else.
+ALLOWED_PRIVILEGES = {
+    ("anon", "table job_kinds", "SELECT"),
+    ("authenticated", "table job_kinds", "SELECT"),
+    *(("authenticated", f"table {table}", "SELECT") for table in OWNED_TABLES),
+}
+# What a Supabase project does before any migration runs (see supabase/postgres roles setup).
+SUPABASE_DEFAULT_PRIVILEGES = """
+alter default privileges in schema public
+  grant all on tables to anon, authenticated, service_role;
+alter default privileges in schema public
+  grant all on functions to anon, authenticated, service_role;
+alter default privileges in schema public
+  grant all on sequences to anon, authenticated, service_role;
+"""
 
 # SPEC §3: every function with its parameters in order (trailing extras must have defaults).
 SQL_SURFACE = {
@@ -96,6 +118,40 @@ def functions_in(conn, schemas=SCHEMAS) -> list[dict]:
         " where n.nspname = any(%s) and p.prokind = 'f' order by 1",
         (list(schemas),),
     ).fetchall()
+
+
+def data_api_privileges(conn) -> set[tuple[str, str, str]]:
+    """(role, object, privilege) for everything anon/authenticated may do in our schemas."""
+    rows = conn.execute(
+        """
+        with roles(role) as (values ('anon'), ('authenticated')),
+        objects as (
+          select c.oid, c.relkind, c.relname::text as name
+          from pg_class c
+          where c.relnamespace in ('public'::regnamespace, 'credit_jobs_internal'::regnamespace)
+            and c.relkind in ('r', 'p', 'v', 'm', 'f', 'S')
+        )
+        select role, 'table ' || name as object, priv
+        from roles, objects,
+             unnest(array['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES',
+                          'TRIGGER']) as priv
+        where relkind <> 'S' and has_table_privilege(role, oid, priv)
+        union all
+        select role, 'sequence ' || name, priv
+        from roles, objects, unnest(array['USAGE', 'SELECT', 'UPDATE']) as priv
+        where relkind = 'S' and has_sequence_privilege(role, oid, priv)
+        union all
+        select role, 'function ' || p.oid::regprocedure::text, 'EXECUTE'
+        from roles, pg_proc p
+        where p.pronamespace in ('public'::regnamespace, 'credit_jobs_internal'::regnamespace)
+          and has_function_privilege(role, p.oid, 'EXECUTE')
+        union all
+        select role, 'schema credit_jobs_internal', priv
+        from roles, unnest(array['USAGE', 'CREATE']) as priv
+        where has_schema_privilege(role, 'credit_jobs_internal', priv)
+        """
+    ).fetchall()
+    return {(r["role"], r["object"], r["priv"]) for r in rows}
 
 
 @pytest.fixture
@@ -204,6 +260,29 @@ def test_the_sql_surface_has_the_specs_names_and_parameters(conn):
     for name, params in SQL_SURFACE.items():
         assert name in found, f"missing function {name}"
         assert found[name]["proargnames"][: len(params)] == params, name
+
+
+def test_data_api_roles_hold_only_read_privileges(conn):
+    """G9: anon and authenticated hold exactly the SELECT grants RLS is written for: no write on
+    any table, view or sequence, no function, no use of the internal schema."""
+    assert data_api_privileges(conn) == ALLOWED_PRIVILEGES
+
+
+def test_migrations_take_back_supabases_default_grants(server_url):
+    """G9 on a real Supabase project, where default privileges grant anon and authenticated ALL
+    on every new table, function and sequence in public: the migrations revoke all of it."""
+    name = f"test_supabase_defaults_{secrets.token_hex(4)}"
+    create_database(server_url, name)
+    try:
+        url = with_database(server_url, name)
+        with psycopg.connect(url, autocommit=True) as setup:
+            setup.execute(BOOTSTRAP.read_text())
+            setup.execute(SUPABASE_DEFAULT_PRIVILEGES)
+        migrate(url)
+        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+            assert data_api_privileges(conn) == ALLOWED_PRIVILEGES
+    finally:
+        drop_database(server_url, name)
 
 
 def test_no_function_is_executable_by_data_api_users(conn):
