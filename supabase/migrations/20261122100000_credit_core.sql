@@ -104,6 +104,10 @@ create table public.jobs (
   lease_expires_at timestamptz,
   -- a retried job is claimable again only from here on
   available_at timestamptz not null default now(),
+  -- Push or pull, decided once: a job created with create_job(p_start_attempt => true) is pushed
+  -- to a pipeline for life (maintenance starts its later attempts); any other job is a queue job
+  -- (only claim_jobs starts its attempts). dispatched_at cannot tell them apart: retries clear it.
+  pushed boolean not null default false,
   -- push mode: when the current attempt was handed to a pipeline (null: not yet)
   dispatched_at timestamptz,
   created_at timestamptz not null default now(),
@@ -345,6 +349,16 @@ begin
 end;
 $$;
 
+-- An attempt is over once its job went back to pending for a retry and nobody has started the
+-- next one yet: late reports of it must not revive the job.
+create function credit_jobs_internal.attempt_is_over(p_job public.jobs) returns boolean
+language sql
+immutable
+set search_path = ''
+as $$
+  select p_job.status = 'pending' and p_job.dispatched_at is null
+$$;
+
 ---------------------------------------------------------------------------------------------------
 -- Public functions (SPEC §3)
 ---------------------------------------------------------------------------------------------------
@@ -426,10 +440,11 @@ begin
   -- write: the job and its charge commit together or not at all
   insert into public.jobs (
     user_id, project_id, step_number, kind, cost, params, idempotency_key, request_hash,
-    attempt, dispatched_at, lease_expires_at)
+    pushed, attempt, dispatched_at, lease_expires_at)
   values (
     p_user_id, v_project_id, p_step_number, p_kind, v_kind.cost, v_params, p_idempotency_key,
     v_request_hash,
+    coalesce(p_start_attempt, false),
     case when p_start_attempt then 1 else 0 end,
     case when p_start_attempt then now() end,
     case when p_start_attempt then now() + make_interval(secs => v_kind.lease_seconds) end)
@@ -471,7 +486,7 @@ begin
     join public.job_kinds k on k.kind = j.kind
     where j.status = 'pending'
       and j.available_at <= now()
-      and j.dispatched_at is null
+      and not j.pushed
       and not k.paused
       and (p_kinds is null or j.kind = any (p_kinds))
     order by j.available_at, j.created_at
@@ -487,10 +502,14 @@ begin
         lease_expires_at = now() + make_interval(secs => k.lease_seconds)
     from picked, public.job_kinds k
     where j.id = picked.id and k.kind = j.kind
-    returning j as job
+    returning j as job, k.lease_seconds
   )
+  -- each job carries its lease so a worker knows how often to heartbeat without another query
   select coalesce(
-    jsonb_agg(credit_jobs_internal.job_json(claimed.job) order by (claimed.job).created_at),
+    jsonb_agg(
+      credit_jobs_internal.job_json(claimed.job)
+        || jsonb_build_object('lease_seconds', claimed.lease_seconds)
+      order by (claimed.job).created_at),
     '[]'::jsonb)
   into v_jobs
   from claimed;
@@ -517,6 +536,10 @@ begin
   end if;
   -- lock + fence
   v_job := credit_jobs_internal.lock_job_for_report(p_job_id, p_attempt);
+  if credit_jobs_internal.attempt_is_over(v_job) then
+    perform credit_jobs_internal.raise_error('CJ005',
+      format('job %s: attempt %s is over, the job waits for its next attempt', p_job_id, p_attempt));
+  end if;
   if v_job.status not in ('pending', 'processing') then
     perform credit_jobs_internal.raise_error('CJ004',
       format('job %s is %s: no more heartbeats', p_job_id, v_job.status));
@@ -550,6 +573,10 @@ declare
 begin
   -- lock + fence
   v_job := credit_jobs_internal.lock_job_for_report(p_job_id, p_attempt);
+  if credit_jobs_internal.attempt_is_over(v_job) then
+    perform credit_jobs_internal.raise_error('CJ005',
+      format('job %s: attempt %s is over, the job waits for its next attempt', p_job_id, p_attempt));
+  end if;
   if v_job.status = 'completed' then
     return jsonb_build_object('job', credit_jobs_internal.job_json(v_job), 'outcome', 'duplicate');
   end if;
@@ -644,7 +671,8 @@ declare
 begin
   -- lock + fence
   v_job := credit_jobs_internal.lock_job_for_report(p_job_id, p_attempt);
-  if v_job.status = 'failed' then
+  -- this attempt's failure was already applied (refunded, or retried and waiting)
+  if v_job.status = 'failed' or credit_jobs_internal.attempt_is_over(v_job) then
     return jsonb_build_object('job', credit_jobs_internal.job_json(v_job), 'outcome', 'duplicate');
   end if;
   if v_job.status in ('completed', 'cancelled') then

@@ -306,16 +306,9 @@ begin
     perform credit_jobs_internal.raise_error('CJ007',
       'status must be processing, completed or failed');
   end if;
-  -- lock + fence (the functions below take the same lock again, harmlessly)
+  -- lock + fence (the functions below take the same lock again, harmlessly, and end attempts
+  -- that are over)
   v_job := credit_jobs_internal.lock_job_for_report(p_job_id, p_attempt);
-  -- pending with no dispatch: this attempt already failed and the job waits for its next one
-  if v_job.status = 'pending' and v_job.dispatched_at is null then
-    if p_status = 'failed' then
-      return jsonb_build_object('job', credit_jobs_internal.job_json(v_job), 'outcome', 'duplicate');
-    end if;
-    perform credit_jobs_internal.raise_error('CJ005',
-      format('job %s: attempt %s is over, the job waits for a new attempt', p_job_id, p_attempt));
-  end if;
   -- progress that arrives after this attempt's own end changes nothing
   if p_status = 'processing' and v_job.status in ('completed', 'failed') then
     return jsonb_build_object('job', credit_jobs_internal.job_json(v_job), 'outcome', 'duplicate');

@@ -1,102 +1,8 @@
--- Queue workers and self-healing maintenance: which jobs are pushed and which are claimed,
--- re-dispatch of pushed jobs nobody answered, pausing a kind, and pg_cron for the reaper.
-
----------------------------------------------------------------------------------------------------
--- Push or pull, decided once per job
----------------------------------------------------------------------------------------------------
-
--- The rule: a job created with create_job(p_start_attempt => true) is a push job for life —
--- only take_jobs_to_dispatch() (maintenance) starts its later attempts; every other job is a queue
--- job — only claim_jobs() (workers) starts its attempts. dispatched_at alone cannot tell them apart
--- because a retry clears it for both.
-alter table public.jobs add column pushed boolean not null default false;
-
-create function credit_jobs_internal.mark_pushed_job() returns trigger
-language plpgsql
-set search_path = ''
-as $$
-begin
-  new.pushed := new.dispatched_at is not null;
-  return new;
-end;
-$$;
-
-create trigger jobs_mark_pushed
-  before insert on public.jobs
-  for each row execute function credit_jobs_internal.mark_pushed_job();
-
--- Pushed jobs still in flight when this migration runs (those waiting for a retry cannot be told
--- apart and stay queue jobs).
-update public.jobs set pushed = true
-where dispatched_at is not null and status in ('pending', 'processing');
+-- Self-healing push mode and operations: re-dispatch of pushed jobs nobody answered, pausing a
+-- kind, and pg_cron for the reaper. (Which jobs are pushed: see jobs.pushed in the core.)
 
 create index jobs_to_dispatch on public.jobs (available_at)
   where status = 'pending' and pushed;
-
----------------------------------------------------------------------------------------------------
--- claim_jobs: queue jobs only, and each job says how often to heartbeat
----------------------------------------------------------------------------------------------------
-
--- Same as in the core migration, plus `not j.pushed`, and each claimed job carries its kind's
--- lease_seconds so a worker can heartbeat at a third of it without another query.
-create or replace function public.claim_jobs(
-  p_worker_id text,
-  p_kinds text[] default null,
-  p_limit integer default 1
-) returns jsonb
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_jobs jsonb;
-begin
-  -- validate
-  if p_worker_id is null or char_length(p_worker_id) not between 1 and 200 then
-    perform credit_jobs_internal.raise_error('CJ007', 'worker_id must be 1 to 200 characters');
-  end if;
-  if p_limit is null or p_limit not between 1 and 1000 then
-    perform credit_jobs_internal.raise_error('CJ007', 'limit must be between 1 and 1000');
-  end if;
-
-  -- lock + write: skip rows another worker holds; each claim starts a new attempt
-  with picked as (
-    select j.id
-    from public.jobs j
-    join public.job_kinds k on k.kind = j.kind
-    where j.status = 'pending'
-      and j.available_at <= now()
-      and j.dispatched_at is null
-      and not j.pushed
-      and not k.paused
-      and (p_kinds is null or j.kind = any (p_kinds))
-    order by j.available_at, j.created_at
-    limit p_limit
-    for update of j skip locked
-  ), claimed as (
-    update public.jobs j
-    set status = 'processing',
-        attempt = j.attempt + 1,
-        worker_id = p_worker_id,
-        started_at = now(),
-        progress = null,
-        lease_expires_at = now() + make_interval(secs => k.lease_seconds)
-    from picked, public.job_kinds k
-    where j.id = picked.id and k.kind = j.kind
-    returning j as job, k.lease_seconds
-  )
-  select coalesce(
-    jsonb_agg(
-      credit_jobs_internal.job_json(claimed.job)
-        || jsonb_build_object('lease_seconds', claimed.lease_seconds)
-      order by (claimed.job).created_at),
-    '[]'::jsonb)
-  into v_jobs
-  from claimed;
-
-  return jsonb_build_object('jobs', v_jobs);
-end;
-$$;
 
 ---------------------------------------------------------------------------------------------------
 -- take_jobs_to_dispatch: push mode heals itself
@@ -201,8 +107,6 @@ grant execute on function
   public.take_jobs_to_dispatch(integer),
   public.pause_job_kind(text, boolean)
   to service_role;
-revoke all on function credit_jobs_internal.mark_pushed_job()
-  from public, anon, authenticated, service_role;
 
 ---------------------------------------------------------------------------------------------------
 -- pg_cron: reap stalled jobs every minute inside the database, where the extension exists
