@@ -145,6 +145,13 @@ def run(ctx: Context) -> dict[str, Any]:
             for label in (f"heavy user, page {deep}", f"heavy user, page {middle} (middle)")
         }
         keyset_plan = _keyset_plan(conn, 1, pages[f"heavy user, page {middle} (middle)"], size)
+        # Which indexes the reads above used (a write-only index is pure cost on every job write).
+        index_scans = dict(
+            conn.execute(
+                "select indexrelname, idx_scan from pg_stat_user_indexes"
+                " where relname = 'jobs' order by indexrelname"
+            ).fetchall()
+        )
     uses_index = all("Index Scan" in plan for plan in plans.values())
     # Whether the cursor bounds the index scan, or is checked row by row after it (a Filter).
     bound_in_index = all(
@@ -168,4 +175,5 @@ def run(ctx: Context) -> dict[str, Any]:
         "plan_uses_index": uses_index,
         "cursor_is_index_condition": bound_in_index,
         "plain_keyset_plan_middle_page": keyset_plan,
+        "jobs_index_scans": index_scans,
     }
