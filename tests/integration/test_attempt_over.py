@@ -27,7 +27,9 @@ def retried_job(conn, make_user):
     user = make_user(balance=10)
     job = create_job(conn, user, "story")
     claim_one(conn, "story")
-    failed = call(conn, "fail_job", job_id=job["id"], attempt=1, error="rate limited", retryable=True)
+    failed = call(
+        conn, "fail_job", job_id=job["id"], attempt=1, error="rate limited", retryable=True
+    )
     assert failed["outcome"] == "retried"
     return user, job["id"]
 
