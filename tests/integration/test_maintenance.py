@@ -21,10 +21,8 @@ import pytest
 from shared import webhooks
 from shared.db import PostgresDatabase, close_pools
 from shared.dispatch import WebhookDispatcher
-from shared.embedded import with_database
 from shared.maintenance import run_maintenance
-from shared.migrate import DEFAULT_DIR, migrate, split_statements
-from tests.helpers import create_database, drop_database
+from shared.migrate import DEFAULT_DIR
 from tests.integration.sqlfns import (
     add_kind,
     balance,
@@ -42,9 +40,6 @@ pytestmark = pytest.mark.integration
 
 CALLBACK_URL = "http://callback.invalid/status"
 COST = 10
-# A database the pg_cron test may create and drop: CI points cron.database_name at it.
-CRON_TEST_DATABASE = "credit_jobs_cron_test"
-WORKERS_MIGRATION = DEFAULT_DIR / "20261122120000_workers_and_maintenance.sql"
 
 
 class RecordingPipeline:
@@ -288,45 +283,6 @@ def test_maintenance_reaps_stalled_workers(conn, db, dispatcher, make_user):
     assert ledger_for_job(conn, retried["id"]) == [("charge", -COST)]
     assert job_row(conn, ended["id"])["status"] == "failed"
     assert ledger_for_job(conn, ended["id"]) == [("charge", -COST), ("refund", COST)]
-
-
-def cron_step() -> str:
-    """The workers migration's last statement: the pg_cron block."""
-    return split_statements(WORKERS_MIGRATION.read_text())[-1]
-
-
-def test_pg_cron_schedules_the_reaper_where_installable(server_url):
-    """Needs pg_cron installed, preloaded, and cron.database_name = credit_jobs_cron_test."""
-    with psycopg.connect(server_url, autocommit=True) as server:
-        if not server.execute(
-            "select 1 from pg_available_extensions where name = 'pg_cron'"
-        ).fetchone():
-            pytest.skip("pg_cron is not installed on this server (Debian: postgresql-<major>-cron)")
-        [cron_database] = server.execute(
-            "select current_setting('cron.database_name', true)"
-        ).fetchone()
-    if cron_database is None:
-        pytest.skip("pg_cron is installed but not in shared_preload_libraries")
-    if cron_database != CRON_TEST_DATABASE:
-        pytest.skip(
-            f"pg_cron can only be created in cron.database_name = {cron_database!r}; "
-            f"set it to {CRON_TEST_DATABASE!r} to test the schedule"
-        )
-
-    drop_database(server_url, CRON_TEST_DATABASE)
-    create_database(server_url, CRON_TEST_DATABASE)
-    url = with_database(server_url, CRON_TEST_DATABASE)
-    try:
-        migrate(url)
-        with psycopg.connect(url, autocommit=True) as c:
-            c.execute(cron_step().encode())  # run again: scheduling by name is idempotent
-            jobs = c.execute(
-                "select schedule, command, database from cron.job"
-                " where jobname = 'credit-jobs-reap-stalled'"
-            ).fetchall()
-        assert jobs == [("* * * * *", "select public.reap_stalled_jobs(1000)", CRON_TEST_DATABASE)]
-    finally:
-        drop_database(server_url, CRON_TEST_DATABASE)
 
 
 ADMIN_DIR = DEFAULT_DIR.parent / "admin"
