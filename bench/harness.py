@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 
+from bench import load
 from bench.load import Result, median
 from bench.pgbench import Pgbench
 from bench.server import Server
@@ -94,6 +95,17 @@ class Context:
     def log(self, message: str) -> None:
         elapsed = int(time.monotonic() - self.started)
         print(f"[{elapsed // 60:3d}:{elapsed % 60:02d}] {message}", file=sys.stderr, flush=True)
+
+    def measure(self, url: str, op: str, clients: int, **kwargs: Any) -> tuple[Result, Any]:
+        """bench.load.measure, right after a checkpoint so every measurement starts alike."""
+        self.server.checkpoint()
+        return load.measure(url, op, clients, **kwargs)
+
+    def run_pgbench(self, url: str | None, clients: int, **kwargs: Any) -> Result:
+        """One timed pgbench run (see pgbench()), right after a checkpoint."""
+        bench = self.pgbench(url)
+        self.server.checkpoint()
+        return bench.run(clients, self.config.seconds, **kwargs)
 
     def record(self, label: str, result: Result) -> dict[str, Any]:
         """Print one measurement as progress and return its summary."""

@@ -15,23 +15,22 @@ HOT_CREATE_JOB_SCRIPT = (
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    from bench.load import measure
 
     cfg = ctx.config
     clients = cfg.hot_clients
     series = Series()
     for round_no in range(1, cfg.runs + 1):
         ctx.log(f"s2 hot account, round {round_no}/{cfg.runs}, {clients} clients")
-        result = ctx.pgbench().run(clients, cfg.seconds, script=ONE_ROW_SCRIPT)
+        result = ctx.run_pgbench(None, clients, script=ONE_ROW_SCRIPT)
         series.add("one_row_update", clients, ctx.record("pgbench one-row update", result))
 
         url = ctx.core_copy("s2")
-        result = ctx.pgbench(url).run(clients, cfg.seconds, script=HOT_CREATE_JOB_SCRIPT)
+        result = ctx.run_pgbench(url, clients, script=HOT_CREATE_JOB_SCRIPT)
         summary = ctx.record("create_job, one user (pgbench)", result)
         series.add("hot_create_job_pgbench", clients, summary)
 
         url = ctx.core_copy("s2")
-        result, _ = measure(
+        result, _ = ctx.measure(
             url, "bench.scenarios.sql_core:create_job_op", clients,
             seconds=cfg.seconds, warmup=cfg.warmup, params={"users": 1, "user": 1},
         )  # fmt: skip

@@ -187,7 +187,6 @@ def _round_trips(url: str, requests: int) -> dict[str, Any]:
 
 
 def _one_round(ctx: Context, round_no: int, series: Series, trips: dict[str, Any]) -> None:
-    from bench.load import measure
 
     cfg = ctx.config
     url = ctx.core_copy("s4")
@@ -214,7 +213,7 @@ def _one_round(ctx: Context, round_no: int, series: Series, trips: dict[str, Any
             for name, op, connect in MEASURED:
                 if counting:
                     _reset_statements(url)
-                result, _ = measure(
+                result, _ = ctx.measure(
                     url, op, clients, seconds=cfg.seconds, params=params, connect=connect
                 )
                 series.add(

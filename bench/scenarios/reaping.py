@@ -66,7 +66,6 @@ def _reap_all(url: str, batch: int) -> dict[str, Any]:
 
 
 def _one_run(ctx: Context, batch: int) -> dict[str, Any]:
-    from bench.load import measure
 
     cfg = ctx.config
     url = ctx.core_copy("s6")
@@ -75,9 +74,9 @@ def _one_run(ctx: Context, batch: int) -> dict[str, Any]:
             conn.execute(statement, {"jobs": cfg.stalled_jobs, "users": cfg.users})
     op, clients = "bench.scenarios.sql_core:create_job_op", cfg.foreground_clients
     params = {"users": cfg.users}
-    idle, _ = measure(url, op, clients, seconds=cfg.seconds, warmup=cfg.warmup, params=params)
+    idle, _ = ctx.measure(url, op, clients, seconds=cfg.seconds, warmup=cfg.warmup, params=params)
     idle_summary = ctx.record(f"create_job idle, {clients} clients", idle)
-    busy, reap = measure(url, op, clients, during=lambda: _reap_all(url, batch), params=params)
+    busy, reap = ctx.measure(url, op, clients, during=lambda: _reap_all(url, batch), params=params)
     busy_summary = ctx.record(f"create_job while reaping (batch {batch})", busy)
     with psycopg.connect(url, autocommit=True) as conn:
         (left, refunds, discrepancies) = conn.execute(

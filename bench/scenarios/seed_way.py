@@ -96,7 +96,6 @@ def _naive_copy(ctx: Context, balance: int | None) -> str:
 
 
 def _overdraw_trial(ctx: Context, clients: int) -> dict[str, Any]:
-    from bench.load import measure
 
     cfg = ctx.config
     users, per_user = cfg.overdraw_users, cfg.overdraw_jobs_per_user
@@ -113,7 +112,7 @@ def _overdraw_trial(ctx: Context, clients: int) -> dict[str, Any]:
         ("seed_way", "naive_op", "naive_jobs", "naive_accounts"),
         ("ours", "ours_op", "public.jobs", "public.credit_accounts"),
     ):
-        result, _ = measure(
+        result, _ = ctx.measure(
             url, f"{__name__}:{op}", clients,
             ops_per_client=cfg.overdraw_attempts_per_client, params={"users": users},
         )  # fmt: skip
@@ -148,7 +147,6 @@ def _overdraw_trial(ctx: Context, clients: int) -> dict[str, Any]:
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    from bench.load import measure
 
     cfg = ctx.config
     series = Series()
@@ -159,7 +157,7 @@ def run(ctx: Context) -> dict[str, Any]:
             ctx.log(f"s3 the seed's way, round {round_no}/{cfg.runs}, {clients} clients")
             for name, op in (("seed_way", "naive_op"), ("create_job", "ours_op")):
                 url = _naive_copy(ctx, balance=None)
-                result, _ = measure(
+                result, _ = ctx.measure(
                     url, f"{__name__}:{op}", clients,
                     seconds=cfg.seconds, warmup=cfg.warmup, params=params,
                 )  # fmt: skip

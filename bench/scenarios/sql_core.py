@@ -66,7 +66,6 @@ def lifecycle_op(
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    from bench.load import measure
 
     cfg = ctx.config
     series = Series()
@@ -74,24 +73,22 @@ def run(ctx: Context) -> dict[str, Any]:
     for round_no in range(1, cfg.runs + 1):
         for clients in cfg.clients:
             ctx.log(f"s1 SQL core, round {round_no}/{cfg.runs}, {clients} clients")
-            result = ctx.pgbench().run(clients, cfg.seconds, builtin="tpcb-like", vacuum=True)
+            result = ctx.run_pgbench(None, clients, builtin="tpcb-like", vacuum=True)
             series.add("tpcb_like", clients, ctx.record("pgbench tpcb-like", result))
 
             url = ctx.core_copy("s1")
-            result = ctx.pgbench(url).run(
-                clients, cfg.seconds, script=CREATE_JOB_SCRIPT, variables=params
-            )
+            result = ctx.run_pgbench(url, clients, script=CREATE_JOB_SCRIPT, variables=params)
             series.add("create_job_pgbench", clients, ctx.record("create_job (pgbench)", result))
 
             url = ctx.core_copy("s1")
-            result, _ = measure(
+            result, _ = ctx.measure(
                 url, f"{__name__}:create_job_op", clients,
                 seconds=cfg.seconds, warmup=cfg.warmup, params=params,
             )  # fmt: skip
             series.add("create_job", clients, ctx.record("create_job (Python)", result))
 
             url = ctx.core_copy("s1")
-            result, _ = measure(
+            result, _ = ctx.measure(
                 url, f"{__name__}:lifecycle_op", clients,
                 seconds=cfg.seconds, warmup=cfg.warmup, params=params,
             )  # fmt: skip
