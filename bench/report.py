@@ -82,15 +82,104 @@ def markdown(results: dict[str, Any]) -> str:
         met = {True: "yes", False: "**no**", None: "-"}[row["met"]]
         note = f" ({row['note']})" if row["note"] else ""
         lines.append(f"| {row['target']} | {row['goal']} | {_fmt(row['measured'])}{note} | {met} |")
-    for name, scenario in results["scenarios"].items():
+    s = results["scenarios"]
+    for name, scenario in s.items():
         if "series" in scenario:
-            lines += ["", f"**{name}** (per second; p50 / p99 in ms; median of runs)", ""]
+            lines += ["", f"**{name}**: per second (p50 / p99 ms), median of runs", ""]
             lines += _series_table(scenario["series"])
-        for key in ("pages", "overdraw", "median", "round_trips"):
-            if key in scenario:
-                lines += ["", f"**{name}: {key}**", "", "```", json.dumps(scenario[key], indent=1),
-                          "```"]  # fmt: skip
+        for key, value in scenario.items():
+            if not (key.startswith("ratio") and isinstance(value, dict)):
+                continue
+            nested = value if isinstance(next(iter(value.values())), dict) else {"": value}
+            for series, by_clients in nested.items():
+                label = f"{series} {key}".strip().replace("_", " ")
+                lines += ["", f"{name}, {label}: {_by_clients(by_clients)}"]
+    if "seed_way" in s:
+        lines += ["", *_overdraw_table(s["seed_way"]["overdraw"])]
+    if "http_api" in s and s["http_api"]["round_trips"]:
+        lines += ["", *_round_trips_table(s["http_api"]["round_trips"])]
+    if "history" in s:
+        lines += ["", *_history_table(s["history"])]
+    if "reaping" in s:
+        lines += ["", *_reaping_table(s["reaping"])]
     return "\n".join(lines) + "\n"
+
+
+def _by_clients(values: dict[str, Any]) -> str:
+    return ", ".join(f"{v} at {c} clients" for c, v in values.items())
+
+
+def _overdraw_table(overdraw: dict[str, Any]) -> list[str]:
+    lines = [
+        "**Overdraw trial** (per round: jobs created without money / users left below zero)",
+        "",
+        "| clients | attempts | jobs paid for | the seed's way | ours | ledger discrepancies |",
+        "|---|---|---|---|---|---|",
+    ]
+    for clients, trial in overdraw.items():
+        sides = {
+            side: ", ".join(
+                f"{j} / {u}"
+                for j, u in zip(
+                    trial[side]["jobs_without_money"], trial[side]["users_below_zero"], strict=True
+                )
+            )
+            for side in ("seed_way", "ours")
+        }
+        lines.append(
+            f"| {clients} | {trial['seed_way']['attempts']} | {trial['seed_way']['jobs_paid_for']}"
+            f" | {sides['seed_way']} | {sides['ours']}"
+            f" | {', '.join(map(str, trial['ledger_discrepancies']))} |"
+        )
+    return lines
+
+
+def _round_trips_table(trips: dict[str, Any]) -> list[str]:
+    lines = [
+        "**Database statements per HTTP request** (pg_stat_statements calls / requests)",
+        "",
+        "| request | clients | per request | statements |",
+        "|---|---|---|---|",
+    ]
+    for name, by_clients in trips.items():
+        for clients, data in by_clients.items():
+            shown = "; ".join(f"`{q[:40]}` x{c}" for q, c in data["statements"].items())
+            lines.append(f"| {name} | {clients} | {data['per_request']} | {shown} |")
+    return lines
+
+
+def _history_table(history: dict[str, Any]) -> list[str]:
+    lines = [
+        f"**History**: list_jobs, {history['page_size']} per page, {history['jobs']:,} jobs"
+        f" (heavy user {history['heavy_user_jobs']:,}); plan uses an index:"
+        f" {history['plan_uses_index']}; cursor is an index condition:"
+        f" {history['cursor_is_index_condition']}",
+        "",
+        "| page | p50 ms | p99 ms | max ms |",
+        "|---|---|---|---|",
+    ]
+    for label, page in history["pages"].items():
+        lines.append(f"| {label} | {page['p50_ms']} | {page['p99_ms']} | {page['max_ms']} |")
+    return lines
+
+
+def _reaping_table(reaping: dict[str, Any]) -> list[str]:
+    lines = [
+        f"**Reaping** {reaping['stalled_jobs']:,} stalled jobs under"
+        f" {reaping['foreground_clients']} create_job clients (medians)",
+        "",
+        "| batch | reap s | idle create_job/s | while reaping /s | idle p99 ms"
+        " | while reaping p99 ms | p99 ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for batch, data in reaping["by_batch"].items():
+        m = data["median"]
+        lines.append(
+            f"| {batch} | {m['reap_seconds']} | {m['idle']['rate']:,.0f}"
+            f" | {m['while_reaping']['rate']:,.0f} | {m['idle']['p99_ms']}"
+            f" | {m['while_reaping']['p99_ms']} | {m['p99_ratio']} |"
+        )
+    return lines
 
 
 def _series_table(series: dict[str, Any]) -> list[str]:
@@ -125,3 +214,11 @@ def _mid(core: dict[str, Any]) -> str:
 
 def _first(http: dict[str, Any]) -> str:
     return sorted(http["ratio_generate_to_create_job"], key=int)[-1]
+
+
+if __name__ == "__main__":
+    # Re-render a run's markdown and charts from its JSON: python -m bench.report <run>.json
+    import sys
+
+    record = Path(sys.argv[1])
+    print("\n".join(map(str, write(json.loads(record.read_text()), record.parent))))
