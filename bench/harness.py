@@ -46,7 +46,7 @@ class Config:
     history_samples: int = 500
     page_size: int = 20
     stalled_jobs: int = 100_000
-    reap_batches: list[int] = field(default_factory=lambda: [1000, 100])
+    reap_batches: list[int] = field(default_factory=lambda: [100, 1000])
     foreground_clients: int = 8
     overdraw_users: int = 20
     overdraw_jobs_per_user: int = 10

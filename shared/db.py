@@ -1,6 +1,7 @@
 """The database port: one call, `rpc(name, **params) -> dict`, over two transports.
 
-- `PostgresDatabase(url)`: psycopg 3 through a `psycopg_pool` pool, one transaction per call.
+- `PostgresDatabase(url)`: psycopg 3 through a `psycopg_pool` pool, one transaction per call
+  (a single autocommit statement).
 - `SupabaseDatabase(url, service_role_key)`: supabase-py `client.rpc(...)` (PostgREST Data API),
   for deployments that only have SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY.
 
@@ -70,7 +71,7 @@ class PostgresDatabase:
         )
         values = {key: _to_postgres(value) for key, value in params.items()}
         try:
-            # pool.connection() commits when the block ends and rolls back on an exception.
+            # one statement in autocommit: the stored procedure's work commits or rolls back whole
             with _pool_for(self.url).connection() as conn:
                 row = conn.execute(query, values).fetchone()
         except psycopg.Error as exc:
@@ -133,7 +134,12 @@ def _pool_for(url: str) -> ConnectionPool:
     with _pools_lock:
         pool = _pools.get(url)
         if pool is None:
-            kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+            # Every call is one statement, so autocommit makes it its own transaction without
+            # the two extra round trips of BEGIN and COMMIT.
+            kwargs: dict[str, Any] = {
+                "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                "autocommit": True,
+            }
             if _is_transaction_pooler(url):
                 kwargs["prepare_threshold"] = None
             pool = ConnectionPool(

@@ -18,7 +18,10 @@ from shared.db import Database
 from shared.dispatch import Dispatcher, DispatchError
 from shared.log import log_event
 
-REAP_BATCH = 1000
+# Small reap batches keep each transaction's account locks short, so users' requests are not held
+# up behind a backlog; a run goes on while batches come back full, up to MAX_REAP_BATCHES.
+REAP_BATCH = 100
+MAX_REAP_BATCHES = 100
 DISPATCH_BATCH = 100
 
 
@@ -28,12 +31,18 @@ def run_maintenance(db: Database, dispatcher: Dispatcher, callback_url: str | No
     `reaped` counts every job ended or retried here: stalled jobs (of which `retried` went back
     to the queue) plus pushed jobs failed at their dispatch deadline.
     """
-    stalled = db.rpc("reap_stalled_jobs", p_limit=REAP_BATCH)
+    reaped = retried = 0
+    for _ in range(MAX_REAP_BATCHES):
+        batch = db.rpc("reap_stalled_jobs", p_limit=REAP_BATCH)
+        reaped += batch["reaped"]
+        retried += batch["retried"]
+        if batch["reaped"] < REAP_BATCH:
+            break
     taken = db.rpc("take_jobs_to_dispatch", p_limit=DISPATCH_BATCH)
     redispatched = sum(_dispatch(dispatcher, job, callback_url) for job in taken["jobs"])
     summary = {
-        "reaped": stalled["reaped"] + taken["failed"],
-        "retried": stalled["retried"],
+        "reaped": reaped + taken["failed"],
+        "retried": retried,
         "redispatched": redispatched,
     }
     log_event("maintenance_done", **summary, dispatch_deadline_failed=taken["failed"])

@@ -80,12 +80,16 @@ create table public.project_steps (
 );
 create index project_steps_user on public.project_steps (user_id);
 
+-- Foreign keys are kept to the one create_job needs: every FK check takes a row lock, and all jobs
+-- of a kind would share-lock the same job_kinds row (a new MultiXact per insert). The owner is
+-- the project's (create_job checks it; deleting the user cascades through the project), and a
+-- kind that has jobs cannot be deleted (guard below).
 create table public.jobs (
   id uuid primary key default gen_random_uuid(),
-  user_id uuid not null references auth.users (id) on delete cascade,
+  user_id uuid not null,
   project_id uuid not null references public.projects (id) on delete cascade,
   step_number integer check (step_number between 1 and 1000),
-  kind text not null references public.job_kinds (kind),
+  kind text not null,
   status text not null default 'pending'
     check (status in ('pending', 'processing', 'completed', 'failed', 'cancelled')),
   attempt integer not null default 0 check (attempt >= 0),
@@ -114,14 +118,15 @@ create table public.jobs (
   updated_at timestamptz not null default now(),
   started_at timestamptz,
   finished_at timestamptz,
-  unique (user_id, idempotency_key),
   check ((status in ('completed', 'failed', 'cancelled')) = (finished_at is not null))
 );
+create unique index jobs_idempotency_key on public.jobs (user_id, idempotency_key)
+  where idempotency_key is not null;
 create index jobs_user_history on public.jobs (user_id, created_at desc, id desc);
 create index jobs_user_status_history on public.jobs (user_id, status, created_at desc, id desc);
 create index jobs_project on public.jobs (project_id);
 create index jobs_claimable on public.jobs (available_at) where status = 'pending';
-create index jobs_lease on public.jobs (lease_expires_at) where status in ('pending', 'processing');
+create index jobs_lease on public.jobs (lease_expires_at) where lease_expires_at is not null;
 
 ---------------------------------------------------------------------------------------------------
 -- Guards: the database itself refuses illegal states
@@ -180,6 +185,24 @@ $$;
 create trigger jobs_guard_update
   before update on public.jobs
   for each row execute function credit_jobs_internal.guard_job_update();
+
+-- A kind with jobs stays (pause it instead): its jobs still need its lease and retry rules.
+create function credit_jobs_internal.guard_job_kind_delete() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if exists (select from public.jobs where kind = old.kind) then
+    raise exception 'job kind % has jobs and cannot be deleted or renamed', old.kind
+      using errcode = 'CJ004', hint = 'Pause it: update public.job_kinds set paused = true.';
+  end if;
+  return old;
+end;
+$$;
+
+create trigger job_kinds_guard_delete
+  before delete or update of kind on public.job_kinds
+  for each row execute function credit_jobs_internal.guard_job_kind_delete();
 
 -- Every auth user gets an account with balance 0.
 create function credit_jobs_internal.create_credit_account() returns trigger
@@ -415,8 +438,8 @@ begin
   end if;
 
   -- replay: same key and same request returns the first job; a different request is an error
-  v_request_hash := md5(jsonb_build_array(p_kind, v_params, p_project_id, p_step_number)::text);
   if p_idempotency_key is not null then
+    v_request_hash := md5(jsonb_build_array(p_kind, v_params, p_project_id, p_step_number)::text);
     select * into v_job from public.jobs
     where user_id = p_user_id and idempotency_key = p_idempotency_key;
     if found then
@@ -732,7 +755,8 @@ begin
 end;
 $$;
 
-create function public.reap_stalled_jobs(p_limit integer default 1000) returns jsonb
+-- Batches are small by default: each holds its users' account locks until it commits.
+create function public.reap_stalled_jobs(p_limit integer default 100) returns jsonb
 language plpgsql
 security definer
 set search_path = ''

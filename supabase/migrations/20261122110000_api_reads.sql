@@ -78,6 +78,9 @@ language plpgsql
 stable
 security definer
 set search_path = ''
+-- plan each call with its real cursor and status: a generic plan would keep the `is null or`
+-- branches and check the keyset bound row by row instead of starting the index scan there
+set plan_cache_mode = force_custom_plan
 as $$
 declare
   v_after_created timestamptz := 'infinity';
@@ -174,6 +177,9 @@ language plpgsql
 stable
 security definer
 set search_path = ''
+-- plan each call with its real cursor and status: a generic plan would keep the `is null or`
+-- branches and check the keyset bound row by row instead of starting the index scan there
+set plan_cache_mode = force_custom_plan
 as $$
 declare
   v_after_created timestamptz := 'infinity';
@@ -236,6 +242,9 @@ language plpgsql
 stable
 security definer
 set search_path = ''
+-- plan each call with its real cursor and status: a generic plan would keep the `is null or`
+-- branches and check the keyset bound row by row instead of starting the index scan there
+set plan_cache_mode = force_custom_plan
 as $$
 declare
   v_balance bigint;
