@@ -28,6 +28,7 @@ def run(ctx: Context) -> dict[str, Any]:
         result = ctx.run_pgbench(url, clients, script=HOT_CREATE_JOB_SCRIPT)
         summary = ctx.record("create_job, one user (pgbench)", result)
         series.add("hot_create_job_pgbench", clients, summary)
+        ctx.drop(url)  # before the next measurement, so its autovacuum cannot overlap it
 
         url = ctx.core_copy("s2")
         result, _ = ctx.measure(

@@ -76,9 +76,12 @@ def run(ctx: Context) -> dict[str, Any]:
             result = ctx.run_pgbench(None, clients, builtin="tpcb-like", vacuum=True)
             series.add("tpcb_like", clients, ctx.record("pgbench tpcb-like", result))
 
+            # Each copy is dropped right after its measurement: left behind, its autovacuum would
+            # run during the next round's tpcb-like and skew the paired ratio.
             url = ctx.core_copy("s1")
             result = ctx.run_pgbench(url, clients, script=CREATE_JOB_SCRIPT, variables=params)
             series.add("create_job_pgbench", clients, ctx.record("create_job (pgbench)", result))
+            ctx.drop(url)
 
             url = ctx.core_copy("s1")
             result, _ = ctx.measure(
@@ -86,6 +89,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 seconds=cfg.seconds, warmup=cfg.warmup, params=params,
             )  # fmt: skip
             series.add("create_job", clients, ctx.record("create_job (Python)", result))
+            ctx.drop(url)
 
             url = ctx.core_copy("s1")
             result, _ = ctx.measure(

@@ -78,13 +78,12 @@ language plpgsql
 stable
 security definer
 set search_path = ''
--- plan each call with its real cursor and status: a generic plan would keep the `is null or`
--- branches and check the keyset bound row by row instead of starting the index scan there
-set plan_cache_mode = force_custom_plan
 as $$
 declare
+  -- the keyset bound always applies (first page: above every row), so even a cached generic plan
+  -- starts its index scan at the cursor instead of filtering row by row
   v_after_created timestamptz := 'infinity';
-  v_after_id uuid;
+  v_after_id uuid := 'ffffffff-ffff-ffff-ffff-ffffffffffff';
   v_rows public.jobs[];
 begin
   -- validate
@@ -101,15 +100,22 @@ begin
       perform credit_jobs_internal.raise_error('CJ007', 'invalid cursor');
     end if;
   end if;
-  -- read: one row more than asked tells whether there is a next page
-  -- (jobs_user_history, or jobs_user_status_history with a status)
-  v_rows := array(
-    select j from public.jobs j
-    where j.user_id = p_user_id
-      and (p_status is null or j.status = p_status)
-      and (v_after_id is null or (j.created_at, j.id) < (v_after_created, v_after_id))
-    order by j.created_at desc, j.id desc
-    limit p_limit + 1);
+  -- read: one row more than asked tells whether there is a next page; one query per index
+  if p_status is null then
+    v_rows := array(
+      select j from public.jobs j  -- jobs_user_history
+      where j.user_id = p_user_id
+        and (j.created_at, j.id) < (v_after_created, v_after_id)
+      order by j.created_at desc, j.id desc
+      limit p_limit + 1);
+  else
+    v_rows := array(
+      select j from public.jobs j  -- jobs_user_status_history
+      where j.user_id = p_user_id and j.status = p_status
+        and (j.created_at, j.id) < (v_after_created, v_after_id)
+      order by j.created_at desc, j.id desc
+      limit p_limit + 1);
+  end if;
   return jsonb_build_object(
     'items', coalesce(
       (select jsonb_agg(credit_jobs_internal.job_json(v_rows[i]) order by i)
@@ -177,13 +183,12 @@ language plpgsql
 stable
 security definer
 set search_path = ''
--- plan each call with its real cursor and status: a generic plan would keep the `is null or`
--- branches and check the keyset bound row by row instead of starting the index scan there
-set plan_cache_mode = force_custom_plan
 as $$
 declare
+  -- the keyset bound always applies (first page: above every row), so even a cached generic plan
+  -- starts its index scan at the cursor instead of filtering row by row
   v_after_created timestamptz := 'infinity';
-  v_after_id uuid;
+  v_after_id uuid := 'ffffffff-ffff-ffff-ffff-ffffffffffff';
   v_rows public.projects[];
 begin
   -- validate
@@ -200,7 +205,7 @@ begin
   v_rows := array(
     select p from public.projects p
     where p.user_id = p_user_id
-      and (v_after_id is null or (p.created_at, p.id) < (v_after_created, v_after_id))
+      and (p.created_at, p.id) < (v_after_created, v_after_id)
     order by p.created_at desc, p.id desc
     limit p_limit + 1);
   return jsonb_build_object(
@@ -242,13 +247,10 @@ language plpgsql
 stable
 security definer
 set search_path = ''
--- plan each call with its real cursor and status: a generic plan would keep the `is null or`
--- branches and check the keyset bound row by row instead of starting the index scan there
-set plan_cache_mode = force_custom_plan
 as $$
 declare
   v_balance bigint;
-  v_before_id bigint;
+  v_before_id bigint := 9223372036854775807;  -- first page: below no id
   v_rows public.credit_ledger[];
 begin
   -- validate
@@ -266,7 +268,7 @@ begin
   -- read (credit_ledger_user_history)
   v_rows := array(
     select l from public.credit_ledger l
-    where l.user_id = p_user_id and (v_before_id is null or l.id < v_before_id)
+    where l.user_id = p_user_id and l.id < v_before_id
     order by l.id desc
     limit p_limit + 1);
   return jsonb_build_object(
