@@ -9,6 +9,27 @@ from dataclasses import dataclass, field
 PIPELINES = ("local", "webhook", "prefect", "queue")
 
 
+# Every variable Settings.from_env reads (tests clear them to start from a known environment).
+ENVIRONMENT_VARIABLES = (
+    "DATABASE_URL",
+    "SUPABASE_URL",
+    "SUPABASE_SERVICE_ROLE_KEY",
+    "SUPABASE_JWT_SECRET",
+    "SUPABASE_JWKS_URL",
+    "SUPABASE_JWT_ISSUER",
+    "PIPELINE_WEBHOOK_SECRET",
+    "PIPELINE",
+    "PIPELINE_URL",
+    "PREFECT_API_URL",
+    "PREFECT_API_KEY",
+    "PREFECT_DEPLOYMENTS",
+    "CALLBACK_URL",
+    "CORS_ALLOWED_ORIGINS",
+    "MAINTENANCE_TOKEN",
+    "PORT",
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None

@@ -24,26 +24,11 @@ import httpx
 import psutil
 import pytest
 
+from shared.settings import ENVIRONMENT_VARIABLES
+
 pytestmark = pytest.mark.acceptance
 
 ROOT = Path(__file__).resolve().parents[2]
-# Variables of SPEC §6 the dev server must default by itself; a CI environment may set some.
-SPEC_VARIABLES = (
-    "DATABASE_URL",
-    "SUPABASE_URL",
-    "SUPABASE_SERVICE_ROLE_KEY",
-    "SUPABASE_JWT_SECRET",
-    "SUPABASE_JWKS_URL",
-    "SUPABASE_JWT_ISSUER",
-    "PIPELINE_WEBHOOK_SECRET",
-    "PIPELINE",
-    "PIPELINE_URL",
-    "PREFECT_API_URL",
-    "CALLBACK_URL",
-    "CORS_ALLOWED_ORIGINS",
-    "MAINTENANCE_TOKEN",
-    "PORT",
-)
 START_TIMEOUT = 120.0
 JOB_TIMEOUT = 20.0
 STOP_TIMEOUT = 30.0
@@ -63,7 +48,7 @@ class DevServer:
     def __init__(self, data_dir: Path, **env: str) -> None:
         self.data_dir = data_dir
         self.port = free_port()
-        environ = {k: v for k, v in os.environ.items() if k not in SPEC_VARIABLES}
+        environ = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT_VARIABLES}
         environ.update(CREDIT_JOBS_DATA_DIR=str(data_dir), PORT=str(self.port), **env)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "shared.dev"],

@@ -21,6 +21,7 @@ import jwt
 import pytest
 
 from shared import app
+from shared.settings import ENVIRONMENT_VARIABLES
 from shared.webhooks import sign
 
 SOURCE = str(Path(__file__).resolve().parents[2] / "functions" / "main.py")
@@ -29,24 +30,6 @@ WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"test-only webhook secret 32bytes"
 MAINTENANCE_TOKEN = "test-maintenance-token"
 ALLOWED_ORIGIN = "https://app.example.test"
 CALLBACK_URL = "http://127.0.0.1:9/status"
-SETTINGS_ENV = (
-    "DATABASE_URL",
-    "SUPABASE_URL",
-    "SUPABASE_SERVICE_ROLE_KEY",
-    "SUPABASE_JWT_SECRET",
-    "SUPABASE_JWKS_URL",
-    "SUPABASE_JWT_ISSUER",
-    "PIPELINE_WEBHOOK_SECRET",
-    "PIPELINE",
-    "PIPELINE_URL",
-    "PREFECT_API_URL",
-    "PREFECT_API_KEY",
-    "PREFECT_DEPLOYMENTS",
-    "CALLBACK_URL",
-    "CORS_ALLOWED_ORIGINS",
-    "MAINTENANCE_TOKEN",
-    "PORT",
-)
 
 
 def token(user_id: uuid.UUID | str, *, secret: str = JWT_SECRET, **claims: Any) -> str:
@@ -111,7 +94,7 @@ class Api:
 @contextmanager
 def http_api(monkeypatch: pytest.MonkeyPatch, db_url: str, **env: str) -> Iterator[Api]:
     """Functions configured for db_url (PIPELINE=queue unless env says otherwise)."""
-    for name in SETTINGS_ENV:
+    for name in ENVIRONMENT_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     defaults = {
         "DATABASE_URL": db_url,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.settings import Settings
+from shared.settings import ENVIRONMENT_VARIABLES, Settings
 
 
 def test_defaults():
@@ -62,3 +62,14 @@ def test_explicit_jwks_url_wins():
 def test_inconsistent_configuration_fails_early(environ):
     with pytest.raises(ValueError):
         Settings.from_env(environ)
+
+
+def test_environment_variables_lists_exactly_what_from_env_reads():
+    class Recording(dict):
+        def get(self, name, default=None):
+            read.append(name)
+            return super().get(name, default)
+
+    read: list[str] = []
+    Settings.from_env(Recording())
+    assert sorted(set(read)) == sorted(ENVIRONMENT_VARIABLES)
