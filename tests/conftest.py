@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from shared.embedded import temporary_embedded, with_database
+from shared.dev.embedded import temporary_embedded, with_database
 from shared.migrate import migrate
 from tests.helpers import create_database, drop_database
 

@@ -31,7 +31,7 @@ import jwt
 import psycopg
 
 from bench.harness import Context, Series, user_id
-from shared.webhooks import sign
+from shared.push.webhooks import sign
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SOURCE = ROOT / "functions" / "main.py"

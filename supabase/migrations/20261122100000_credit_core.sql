@@ -1,5 +1,5 @@
 -- credit-jobs money core: accounts, ledger, job kinds, projects, steps, jobs, and every function
--- that moves credits. Business errors raise SQLSTATE CJ0xx (see the table in SPEC.md §3):
+-- that moves credits. Business errors raise SQLSTATE CJ0xx (see docs/errors.md):
 --   CJ001 insufficient_credits  CJ002 unknown_kind     CJ003 not_found   CJ004 invalid_transition
 --   CJ005 stale_attempt         CJ006 idempotency_key_reused              CJ007 invalid_argument
 -- Money functions validate input, then lock (job row before account row, always), then write.
@@ -149,7 +149,7 @@ create trigger credit_ledger_no_truncate
   before truncate on public.credit_ledger
   for each statement execute function credit_jobs_internal.reject_ledger_change();
 
--- Legal moves (SPEC §2). Terminal rows are frozen: not even an admin's raw UPDATE changes their
+-- Legal moves (docs/lifecycle.md). Terminal rows are frozen: not even an admin's raw UPDATE changes their
 -- status or money, so a stalled worker's late "completed" can never overwrite "failed".
 create function credit_jobs_internal.guard_job_update() returns trigger
 language plpgsql
@@ -238,7 +238,7 @@ begin
 end;
 $$;
 
--- The Job object of SPEC §4.
+-- The Job object of docs/http-api.md.
 create function credit_jobs_internal.job_json(p_job public.jobs) returns jsonb
 language sql
 stable
@@ -383,7 +383,7 @@ as $$
 $$;
 
 ---------------------------------------------------------------------------------------------------
--- Public functions (SPEC §3)
+-- Public functions (docs/sql.md)
 ---------------------------------------------------------------------------------------------------
 
 create function public.create_job(

@@ -290,8 +290,8 @@ $$;
 -- Pipeline callbacks
 ---------------------------------------------------------------------------------------------------
 
--- One signed callback (SPEC §5) -> heartbeat_job / complete_job / fail_job, in one transaction.
--- The outcome is SPEC §4's: `applied` (the report changed the job: the job's status tells whether
+-- One signed callback (docs/pipelines.md) -> heartbeat_job / complete_job / fail_job, in one transaction.
+-- The outcome is the API's (docs/http-api.md): `applied` (the report changed the job: the job's status tells whether
 -- a failure was retried or refunded) or `duplicate` (nothing left to do: a replay, or progress
 -- arriving after the end). A report for an attempt that is over is `stale_attempt`.
 create function public.apply_pipeline_report(

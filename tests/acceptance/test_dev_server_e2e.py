@@ -24,7 +24,7 @@ import httpx
 import psutil
 import pytest
 
-from shared.settings import ENVIRONMENT_VARIABLES
+from shared.core.settings import ENVIRONMENT_VARIABLES
 
 pytestmark = pytest.mark.acceptance
 

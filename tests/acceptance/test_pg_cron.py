@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shared.embedded import with_database
+from shared.dev.embedded import with_database
 from shared.migrate import DEFAULT_DIR, migrate, split_statements
 from tests.helpers import create_database
 from tests.integration.sqlfns import (

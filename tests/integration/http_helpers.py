@@ -2,7 +2,7 @@
 
 Each target is loaded with `functions_framework.create_app(target=..., source=...)` and driven
 through Flask's test client; the environment is set with monkeypatch and the cached services are
-rebuilt with `shared.app.reset()`.
+rebuilt with `shared.api.services.reset()`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import functions_framework
 import jwt
 import pytest
 
-from shared import app
-from shared.settings import ENVIRONMENT_VARIABLES
-from shared.webhooks import sign
+from shared.api import services as app
+from shared.core.settings import ENVIRONMENT_VARIABLES
+from shared.push.webhooks import sign
 
 SOURCE = str(Path(__file__).resolve().parents[2] / "functions" / "main.py")
 JWT_SECRET = "test-only-jwt-secret-with-at-least-32-bytes"

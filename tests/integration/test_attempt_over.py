@@ -1,4 +1,4 @@
-"""An attempt that was retried is over (SPEC §1.5): until the next attempt starts, its late
+"""An attempt that was retried is over (guarantee 5): until the next attempt starts, its late
 reports must neither revive the job nor move money."""
 
 from __future__ import annotations

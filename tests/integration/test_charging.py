@@ -1,4 +1,4 @@
-"""Charging: create_job charges atomically, never overdraws, replays once (SPEC §1.1, 1.2, 1.8)."""
+"""Charging: create_job charges atomically, never overdraws, replays once (guarantees 1, 2, 8)."""
 
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from shared import db as db_module
-from shared.db import Json, PostgresDatabase, close_pools
-from shared.errors import ApiError
+from shared.core import db as db_module
+from shared.core.db import Json, PostgresDatabase, close_pools
+from shared.core.errors import ApiError
 from tests.fake_http import closed_port_url, fake_server
 from tests.integration.http_helpers import add_kind, http_api
 

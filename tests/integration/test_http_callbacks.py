@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from shared.webhooks import verify
+from shared.push.webhooks import verify
 from tests.fake_http import fake_server
 from tests.integration.http_helpers import CALLBACK_URL, WEBHOOK_SECRET, add_kind, http_api
 
@@ -176,7 +176,7 @@ def test_unsigned_or_badly_signed_callbacks_are_refused(api, job, conn):
 def test_tampered_body_is_refused(api, job):
     import json
 
-    from shared.webhooks import sign
+    from shared.push.webhooks import sign
 
     signed = json.dumps(report(job, status="completed", credits_used=10))
     headers = sign(WEBHOOK_SECRET, "msg_1", signed)

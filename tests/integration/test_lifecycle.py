@@ -1,5 +1,5 @@
 """Job lifecycle: terminal states are final, reports are fenced by attempt, stalled jobs are reaped
-(SPEC §1.4, 1.5, 1.6 and §2)."""
+(guarantees 4, 5, 6 and docs/lifecycle.md)."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def test_no_raw_update_moves_a_job_out_of_a_terminal_state(conn, make_user):
 
 
 def test_legal_transitions_pass_the_trigger(conn, make_user):
-    """G4 (the other side): the trigger lets every legal move of SPEC §2 through, including
+    """G4 (the other side): the trigger lets every legal move of docs/lifecycle.md through, including
     pending -> pending, processing -> pending (retry) and pending -> completed."""
     add_kind(conn, "image", 10)
     user = make_user(10)

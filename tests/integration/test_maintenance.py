@@ -18,11 +18,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psycopg
 import pytest
 
-from shared import webhooks
-from shared.db import PostgresDatabase, close_pools
-from shared.dispatch import WebhookDispatcher
-from shared.maintenance import run_maintenance
+from shared.core.db import PostgresDatabase, close_pools
 from shared.migrate import DEFAULT_DIR
+from shared.push import webhooks
+from shared.push.dispatch import WebhookDispatcher
+from shared.push.maintenance import run_maintenance
 from tests.integration.sqlfns import (
     add_kind,
     balance,

@@ -12,17 +12,17 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shared.embedded import temporary_embedded, with_database
+from shared.dev.embedded import temporary_embedded, with_database
 from shared.migrate import (
     DEFAULT_DIR,
     ROOT,
     MigrationError,
     discover,
-    main,
     migrate,
     split_statements,
     status,
 )
+from shared.migrate.__main__ import main
 from tests.helpers import create_database, drop_database
 
 FIRST = """-- first: a table and a function whose body holds semicolons

@@ -1,4 +1,4 @@
-"""Refunds: exactly once, in the transaction that ends the job (SPEC §1.3, §2 partial capture)."""
+"""Refunds: exactly once, in the transaction that ends the job (guarantee 3; partial capture in docs/lifecycle.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Security: what Supabase's Data API roles can see and do (SPEC §1.9, issue 2 "Security").
+"""Security: what Supabase's Data API roles can see and do (docs/guarantees.md, guarantee 9).
 
 Each check runs the way PostgREST runs a request: inside a transaction, `set local role <role>`
 and the JWT claims in `request.jwt.claims`.
@@ -17,7 +17,7 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from shared.embedded import with_database
+from shared.dev.embedded import with_database
 from shared.migrate import migrate
 from tests.helpers import create_database, drop_database
 from tests.integration.sqlfns import add_kind, call, claim_one, create_job, discrepancies
@@ -45,7 +45,7 @@ alter default privileges in schema public
   grant all on sequences to anon, authenticated, service_role;
 """
 
-# SPEC §3: every function with its parameters in order (trailing extras must have defaults).
+# docs/sql.md: every function with its parameters in order (trailing extras must have defaults).
 SQL_SURFACE = {
     "create_job": [
         "p_user_id",
@@ -254,7 +254,7 @@ def test_rls_is_enabled_on_every_table_and_views_check_the_caller(conn):
 
 
 def test_the_sql_surface_has_the_specs_names_and_parameters(conn):
-    """SPEC §3: each function exists once with the documented parameter names in order."""
+    """docs/sql.md: each function exists once with the documented parameter names in order."""
     found = {f["proname"]: f for f in functions_in(conn, ["public"])}
 
     for name, params in SQL_SURFACE.items():
@@ -319,7 +319,7 @@ def test_users_calling_money_functions_directly_are_refused(conn, two_users, rol
 
 
 def test_service_role_runs_the_money_functions(conn, make_user):
-    """G9 (the other side): the server's service_role may execute every SPEC function, and a
+    """G9 (the other side): the server's service_role may execute every documented function, and a
     real call through it works end to end."""
     for function in functions_in(conn, ["public"]):
         if function["proname"] in SQL_SURFACE:

@@ -14,8 +14,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from shared.auth import TokenVerifier
-from shared.errors import ApiError
+from shared.api.auth import TokenVerifier
+from shared.core.errors import ApiError
 from tests.fake_http import closed_port_url, fake_server
 
 SECRET = "unit-test-jwt-secret-with-at-least-32-bytes"

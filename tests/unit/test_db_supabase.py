@@ -14,8 +14,8 @@ import uuid
 
 import pytest
 
-from shared.db import Json, SupabaseDatabase
-from shared.errors import ApiError
+from shared.core.db import Json, SupabaseDatabase
+from shared.core.errors import ApiError
 from tests.fake_http import closed_port_url, fake_server
 
 KEY = "test-service-role-key"

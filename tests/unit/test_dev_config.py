@@ -6,9 +6,9 @@ import uuid
 
 from standardwebhooks.webhooks import Webhook
 
-from shared.auth import TokenVerifier
-from shared.dev import DEMO_USER_ID, apply_defaults, demo_token, walkthrough
-from shared.settings import Settings
+from shared.api.auth import TokenVerifier
+from shared.core.settings import Settings
+from shared.dev.server import DEMO_USER_ID, apply_defaults, demo_token, walkthrough
 
 
 def test_defaults_fill_every_unset_variable_and_make_valid_settings(tmp_path):

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from shared import errors
+from shared.core import errors
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ import flask
 import pytest
 from pydantic import BaseModel
 
-from shared.errors import ApiError
-from shared.http import endpoint, json_body
+from shared.api.http import endpoint, json_body
+from shared.core.errors import ApiError
 
 ORIGIN = "https://app.example"
 

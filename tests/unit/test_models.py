@@ -7,8 +7,7 @@ import uuid
 import pytest
 from pydantic import ValidationError
 
-from shared.errors import ApiError
-from shared.models import (
+from shared.api.models import (
     GenerateRequest,
     HistoryQuery,
     PipelineCallback,
@@ -16,6 +15,7 @@ from shared.models import (
     StepUpsert,
     idempotency_key,
 )
+from shared.core.errors import ApiError
 
 
 def test_generate_defaults_and_bounds():

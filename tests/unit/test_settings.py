@@ -1,10 +1,10 @@
-"""Settings from the environment (SPEC §6)."""
+"""Settings from the environment (docs/configuration.md)."""
 
 from __future__ import annotations
 
 import pytest
 
-from shared.settings import ENVIRONMENT_VARIABLES, Settings
+from shared.core.settings import ENVIRONMENT_VARIABLES, Settings
 
 
 def test_defaults():

@@ -7,8 +7,8 @@ import datetime as dt
 
 import pytest
 
-from shared.errors import ApiError
-from shared.webhooks import sign, verify
+from shared.core.errors import ApiError
+from shared.push.webhooks import sign, verify
 
 OLD = "whsec_" + base64.b64encode(b"old secret for unit tests 32 byt").decode()
 NEW = "whsec_" + base64.b64encode(b"new secret for unit tests 32 byt").decode()

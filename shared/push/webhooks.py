@@ -12,7 +12,7 @@ import uuid
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from shared.errors import invalid_signature
+from shared.core.errors import invalid_signature
 
 
 def _webhooks(secrets: str | None) -> list[Webhook]:

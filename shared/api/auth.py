@@ -13,7 +13,7 @@ import uuid
 
 import jwt
 
-from shared.errors import unauthorized
+from shared.core.errors import unauthorized
 
 logger = logging.getLogger("credit_jobs.auth")
 

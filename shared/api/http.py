@@ -20,7 +20,7 @@ import flask
 import pydantic
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from shared.errors import (
+from shared.core.errors import (
     ApiError,
     internal_error,
     invalid_request,

@@ -1,9 +1,9 @@
-"""Pull-mode worker (SPEC §7): claims queue jobs, runs a handler, heartbeats, completes or fails.
+"""Pull-mode worker: claims queue jobs, runs a handler, heartbeats, completes or fails.
 
-    python -m shared.worker --kinds story --handler shared.demo_handlers:story --concurrency 4
+    python -m shared.worker --kinds story --handler myapp.handlers:story --concurrency 4
 
-The database is DATABASE_URL (or SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY); with neither, the
-embedded one of a running `PIPELINE=queue python -m shared.dev`.
+The database is DATABASE_URL (or SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY). Locally,
+`python -m shared.dev.worker` takes the same arguments and uses the dev server's embedded database.
 
 The handler is called with the job (a dict with the Job fields) and returns a JSON-serializable
 result. A handler with a `progress` parameter also gets `progress(percent)` to report progress;
@@ -20,15 +20,9 @@ as retryable and exit 0.
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import logging
-import os
-import pkgutil
-import signal
-import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,12 +30,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared import log
-from shared.db import Database, Json, PostgresDatabase, database_from_settings
-from shared.embedded import PGDATA_NAME, start_embedded
-from shared.errors import ApiError
-from shared.log import log_event
-from shared.settings import Settings
+from shared.core.db import Database, Json
+from shared.core.errors import ApiError
+from shared.core.log import log_event
 
 # Answers meaning "this attempt is not ours any more".
 LOST_CODES = frozenset({"stale_attempt", "invalid_transition", "not_found"})
@@ -264,83 +255,3 @@ def _accepts_progress(handler: Handler) -> bool:
         return "progress" in inspect.signature(handler).parameters
     except (TypeError, ValueError):  # some builtins and C callables have no signature
         return False
-
-
-def _database(settings: Settings) -> Database:
-    if settings.database_url or settings.supabase_url:
-        return database_from_settings(settings)
-    # Nothing configured: the embedded database of a running `python -m shared.dev`.
-    from shared.dev import data_dir_from
-
-    data_dir = data_dir_from(os.environ)
-    if not (data_dir / PGDATA_NAME / "postmaster.pid").exists():
-        raise RuntimeError(
-            "set DATABASE_URL, or start `PIPELINE=queue python -m shared.dev` first to use its"
-            " embedded database"
-        )
-    return PostgresDatabase(start_embedded(data_dir, keep=True))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m shared.worker",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--kinds", required=True, help="comma-separated job kinds to claim")
-    parser.add_argument("--handler", required=True, help="package.module:function")
-    parser.add_argument("--concurrency", type=int, default=1, help="jobs run at once (default 1)")
-    parser.add_argument(
-        "--poll-interval",
-        type=float,
-        default=1.0,
-        help="seconds between claims when the queue is empty (default 1)",
-    )
-    parser.add_argument(
-        "--grace-seconds",
-        type=float,
-        default=30.0,
-        help="on SIGTERM/SIGINT, how long running jobs may finish (default 30)",
-    )
-    parser.add_argument(
-        "--worker-id",
-        default=f"{socket.gethostname()}:{os.getpid()}",
-        help="recorded on claimed jobs (default host:pid)",
-    )
-    args = parser.parse_args(argv)
-    kinds = [kind.strip() for kind in args.kinds.split(",") if kind.strip()]
-    if not kinds:
-        parser.error("--kinds needs at least one kind")
-    if args.concurrency < 1:
-        parser.error("--concurrency must be at least 1")
-    try:
-        handler = pkgutil.resolve_name(args.handler)
-    except (ImportError, AttributeError, ValueError) as exc:
-        parser.error(f"cannot load handler {args.handler!r}: {exc}")
-    try:
-        db = _database(Settings.from_env())
-    except (RuntimeError, ValueError) as exc:
-        parser.error(str(exc))
-
-    log.configure()
-    worker = Worker(
-        db,
-        handler,
-        kinds,
-        worker_id=args.worker_id,
-        concurrency=args.concurrency,
-        poll_interval=args.poll_interval,
-        grace_seconds=args.grace_seconds,
-    )
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: worker.stop())
-    abandoned = worker.run()
-    if abandoned:
-        # Their jobs are already failed as retryable; do not wait for the handlers' threads.
-        logging.shutdown()
-        os._exit(0)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,7 @@
 - `SupabaseDatabase(url, service_role_key)`: supabase-py `client.rpc(...)` (PostgREST Data API),
   for deployments that only have SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY.
 
-Both raise only `ApiError` (translated by SQLSTATE through `shared.errors`, never by message).
+Both raise only `ApiError` (translated by SQLSTATE through `shared.core.errors`, never by message).
 
 Parameter values: a `dict` is sent as jsonb; a `list` as a Postgres array (e.g. claim_jobs'
 `p_kinds text[]`). Wrap any other value meant for a jsonb parameter (a JSON list, string or number
@@ -27,10 +27,10 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from shared import errors
+from shared.core import errors
 
 if TYPE_CHECKING:
-    from shared.settings import Settings
+    from shared.core.settings import Settings
 
 # Supavisor's transaction pooler: a connection may change between statements, so psycopg must
 # not prepare statements server-side.

@@ -1,4 +1,4 @@
-"""Handing a job's attempt to its pipeline (SPEC §5), chosen by PIPELINE.
+"""Handing a job's attempt to its pipeline (docs/pipelines.md), chosen by PIPELINE.
 
 Every dispatch carries `{job_id, attempt, kind, params, project_id, callback_url}`; a dispatcher
 returns once the pipeline has accepted it, or raises DispatchError (then `generate` refunds).
@@ -7,20 +7,21 @@ returns once the pipeline has accepted it, or raises DispatchError (then `genera
 - `prefect`: create a flow run of the kind's deployment with idempotency key "<job_id>:<attempt>",
   so dispatching the same attempt twice starts one run.
 - `queue`: nothing to push; workers claim jobs with claim_jobs().
-- `local`: the dev server's demo pipeline (shared.local_pipeline).
+- `local`: the dev server's demo pipeline, handed in by the dev server (never deployed).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
-from shared import webhooks
+from shared.push import webhooks
 
 if TYPE_CHECKING:
-    from shared.settings import Settings
+    from shared.core.settings import Settings
 
 # Pipelines should accept and queue work, not do it inside the request.
 DISPATCH_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
@@ -105,7 +106,10 @@ class QueueDispatcher:
         return None
 
 
-def dispatcher_from_settings(settings: Settings) -> Dispatcher:
+def dispatcher_from_settings(
+    settings: Settings, local_pipeline: Callable[[Settings], Dispatcher] | None = None
+) -> Dispatcher:
+    """The dispatcher PIPELINE names; `local_pipeline` builds the dev server's demo pipeline."""
     if settings.pipeline == "webhook":
         return WebhookDispatcher(settings.pipeline_url, settings.pipeline_webhook_secret)
     if settings.pipeline == "prefect":
@@ -113,9 +117,11 @@ def dispatcher_from_settings(settings: Settings) -> Dispatcher:
             settings.prefect_api_url, settings.prefect_deployments, settings.prefect_api_key
         )
     if settings.pipeline == "local":
-        from shared.local_pipeline import LocalPipeline
-
-        return LocalPipeline(settings)
+        if local_pipeline is None:
+            raise ValueError(
+                "PIPELINE=local is the dev server's demo pipeline (python -m shared.dev)"
+            )
+        return local_pipeline(settings)
     return QueueDispatcher()
 
 

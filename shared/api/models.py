@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from shared.errors import invalid_request
+from shared.core.errors import invalid_request
 
 MAX_JSON_OBJECT_BYTES = 64 * 1024
 JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]

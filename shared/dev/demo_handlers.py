@@ -1,7 +1,7 @@
-"""Demo handlers so `python -m shared.worker` runs out of the box against the dev database.
+"""Demo handlers so a worker runs out of the box against the dev database.
 
-python -m shared.worker --kinds story --handler shared.demo_handlers:story
-python -m shared.worker --kinds story --handler shared.demo_handlers:rate_limited
+python -m shared.dev.worker --kinds story --handler shared.dev.demo_handlers:story
+python -m shared.dev.worker --kinds story --handler shared.dev.demo_handlers:rate_limited
 """
 
 from __future__ import annotations

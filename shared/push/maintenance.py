@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from shared.db import Database
-from shared.dispatch import Dispatcher, DispatchError
-from shared.log import log_event
+from shared.core.db import Database
+from shared.core.log import log_event
+from shared.push.dispatch import Dispatcher, DispatchError
 
 # Small reap batches keep each transaction's account locks short, so users' requests are not held
 # up behind a backlog; a run goes on while batches come back full, up to MAX_REAP_BATCHES.

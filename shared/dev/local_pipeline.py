@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from shared.dispatch import DispatchError
-from shared.log import log_event
-from shared.webhooks import sign
+from shared.core.log import log_event
+from shared.push.dispatch import DispatchError
+from shared.push.webhooks import sign
 
 if TYPE_CHECKING:
-    from shared.settings import Settings
+    from shared.core.settings import Settings
 
 FAILING_KIND = "demo_fail"
 WORKERS = 4
