@@ -153,7 +153,7 @@ def status(request: flask.Request):
 
 
 def _pipeline_callback(request: flask.Request) -> dict:
-    """A pipeline's signed report (docs/pipelines.md); fenced by attempt, replays are `duplicate`."""
+    """A pipeline's signed report (docs/pipelines.md): fenced by attempt; replays are duplicates."""
     app = services()
     verify(
         app.settings.pipeline_webhook_secret, request.get_data(cache=True), dict(request.headers)

@@ -1,4 +1,4 @@
-"""The one place that turns failures into the API's error codes and HTTP statuses (docs/errors.md)."""
+"""The one place that turns failures into the API's error codes and statuses (docs/errors.md)."""
 
 from __future__ import annotations
 

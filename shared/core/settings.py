@@ -1,4 +1,4 @@
-"""Configuration from the environment (docs/configuration.md), read once into a frozen `Settings`."""
+"""Configuration from the environment (docs/configuration.md), read once into `Settings`."""
 
 from __future__ import annotations
 

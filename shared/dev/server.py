@@ -3,7 +3,8 @@
 With no DATABASE_URL it starts an embedded PostgreSQL under `.data/` (or CREDIT_JOBS_DATA_DIR),
 applies bootstrap + migrations, seeds demo job kinds and a demo user with credits, serves every
 function on one port by path (`/generate`, `/status`, …) with the `local` pipeline, and prints a
-demo token and curl commands. Every variable of docs/configuration.md that is set overrides its local default.
+demo token and curl commands. Every variable of docs/configuration.md that is set overrides its
+local default.
 Ctrl-C / SIGTERM stops the server and the embedded PostgreSQL; the next start reuses the data.
 """
 
@@ -79,7 +80,7 @@ def dev_secrets(data_dir: Path) -> dict[str, str]:
 
 
 def apply_defaults(environ: MutableMapping[str, str], data_dir: Path) -> None:
-    """Fill every unset variable of docs/configuration.md with its local default (set ones always win)."""
+    """Fill every unset variable of docs/configuration.md with its local default (set ones win)."""
     port = environ.get("PORT") or str(DEFAULT_PORT)
     defaults = {
         **dev_secrets(data_dir),

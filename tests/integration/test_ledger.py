@@ -1,4 +1,4 @@
-"""The ledger: append-only, and every balance is the sum of its entries (docs/guarantees.md, guarantee 7)."""
+"""The ledger: append-only, and every balance is the sum of its entries (guarantee 7)."""
 
 from __future__ import annotations
 

@@ -99,8 +99,8 @@ def test_no_raw_update_moves_a_job_out_of_a_terminal_state(conn, make_user):
 
 
 def test_legal_transitions_pass_the_trigger(conn, make_user):
-    """G4 (the other side): the trigger lets every legal move of docs/lifecycle.md through, including
-    pending -> pending, processing -> pending (retry) and pending -> completed."""
+    """G4 (the other side): the trigger lets every legal move of docs/lifecycle.md through,
+    including pending -> pending, processing -> pending (retry) and pending -> completed."""
     add_kind(conn, "image", 10)
     user = make_user(10)
     job = create_job(conn, user, "image")

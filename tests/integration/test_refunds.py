@@ -1,4 +1,4 @@
-"""Refunds: exactly once, in the transaction that ends the job (guarantee 3; partial capture in docs/lifecycle.md)."""
+"""Refunds: exactly once, in the transaction that ends the job (guarantee 3, partial capture)."""
 
 from __future__ import annotations
 
