@@ -35,13 +35,21 @@ from shared.api.models import (  # noqa: E402
     StepUpsert,
     idempotency_key,
 )
-from shared.api.services import allowed_origins, services  # noqa: E402
+from shared.api.services import allowed_origins, check_configuration, services  # noqa: E402
 from shared.core.db import Json  # noqa: E402
-from shared.core.errors import ApiError, pipeline_unavailable, unauthorized  # noqa: E402
+from shared.core.errors import (  # noqa: E402
+    ApiError,
+    configuration_error,
+    pipeline_unavailable,
+    unauthorized,
+)
 from shared.core.log import log_event  # noqa: E402
 from shared.push.dispatch import DispatchError  # noqa: E402
 from shared.push.maintenance import run_maintenance  # noqa: E402
 from shared.push.webhooks import verify  # noqa: E402
+
+# An incomplete configuration stops the function from starting, naming what is missing.
+check_configuration()
 
 # A completed job's result may be up to 1 MiB (complete_job's limit).
 MAX_CALLBACK_BYTES = 1024 * 1024 + 64 * 1024
@@ -57,7 +65,6 @@ def generate(request: flask.Request):
     app = services()
     user_id = _user_id(request)
     body = GenerateRequest.model_validate(json_body(request))
-    push = app.settings.pipeline != "queue"
     created = app.db.rpc(
         "create_job",
         p_user_id=user_id,
@@ -66,9 +73,9 @@ def generate(request: flask.Request):
         p_project_id=body.project_id,
         p_step_number=body.step_number,
         p_idempotency_key=idempotency_key(request.headers.get("Idempotency-Key")),
-        p_start_attempt=push,
+        p_pipeline=app.settings.pipeline,
     )
-    job, balance = created["job"], created["balance"]
+    job, balance, pipeline = created["job"], created["balance"], created["pipeline"]
     if created["replayed"]:
         return {"job": job, "balance": balance, "replayed": True}, 200
     log_event(
@@ -80,32 +87,42 @@ def generate(request: flask.Request):
         cost=job["cost"],
         outcome="charged",
     )
-    if push:
-        try:
-            app.dispatcher.dispatch(job, app.settings.callback_url)
-        except DispatchError as exc:
-            return _refund_undispatched(job, user_id, str(exc))
+    if pipeline == "queue":
+        return {"job": job, "balance": balance}, 201
+    try:
+        app.pipelines.dispatch(job, pipeline)
+    except DispatchError as exc:
         log_event(
-            "job_dispatched",
+            "dispatch_failed",
+            logging.WARNING,
             job_id=job["id"],
             user_id=user_id,
             attempt=job["attempt"],
-            outcome=app.settings.pipeline,
+            outcome="refused" if exc.refused else "uncertain",
+            error=str(exc),
         )
-    return {"job": job, "balance": balance}, 201
-
-
-def _refund_undispatched(job: dict, user_id: uuid.UUID, reason: str):
-    """The pipeline refused the job: fail and refund it now, answer 503 with the refunded job."""
-    db = services().db
+        if exc.refused:
+            return _refund_undispatched(job, balance, user_id, str(exc))
+        # The pipeline may have it: refunding now could pay back a job that then runs. It stays
+        # pending; maintenance dispatches the same attempt again, or refunds it at the deadline.
+        return {"job": job, "balance": balance}, 202
     log_event(
-        "dispatch_failed",
-        logging.WARNING,
+        "job_dispatched",
         job_id=job["id"],
         user_id=user_id,
         attempt=job["attempt"],
-        outcome=reason,
+        outcome=pipeline,
     )
+    return {"job": job, "balance": balance}, 201
+
+
+def _refund_undispatched(job: dict, balance: int, user_id: uuid.UUID, reason: str):
+    """The pipeline refused the job: fail and refund it now, answer 503 with the refunded job.
+
+    Only a committed refund is reported as one; if it cannot be made now, the answer is 202 with
+    the pending job, and maintenance converges it (dispatch again, or refund at the deadline).
+    """
+    db = services().db
     try:
         refunded = db.rpc(
             "refund_job_atomic",
@@ -115,9 +132,8 @@ def _refund_undispatched(job: dict, user_id: uuid.UUID, reason: str):
         )
     except ApiError as exc:
         if exc.code in ("invalid_transition", "stale_attempt"):
-            # the pipeline got the job after all (e.g. our request timed out) and reported on it
+            # the pipeline got the job after all (e.g. it answered late) and reported on it
             current = db.rpc("get_job", p_user_id=user_id, p_job_id=job["id"])["job"]
-            balance = db.rpc("get_credits", p_user_id=user_id, p_limit=1)["balance"]
             return {"job": current, "balance": balance}, 201
         if exc.code != "database_unavailable":
             raise
@@ -129,7 +145,7 @@ def _refund_undispatched(job: dict, user_id: uuid.UUID, reason: str):
             attempt=job["attempt"],
             outcome="left to maintenance",
         )
-        return error_response(pipeline_unavailable(), {"job": job})
+        return {"job": job, "balance": balance}, 202
     log_event(
         "job_refunded",
         job_id=job["id"],
@@ -137,7 +153,10 @@ def _refund_undispatched(job: dict, user_id: uuid.UUID, reason: str):
         attempt=job["attempt"],
         outcome=refunded["outcome"],
     )
-    return error_response(pipeline_unavailable(), {"job": refunded["job"]})
+    return error_response(
+        pipeline_unavailable(f"{reason}; the job was failed and its credits refunded"),
+        {"job": refunded["job"]},
+    )
 
 
 @functions_framework.http
@@ -277,11 +296,11 @@ def cancel(request: flask.Request):
 def maintenance(request: flask.Request):
     app = services()
     expected = app.settings.maintenance_token
+    if not expected:
+        raise configuration_error("MAINTENANCE_TOKEN is not set: maintenance is disabled")
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if (
-        not expected
-        or scheme.lower() != "bearer"
-        or not hmac.compare_digest(token.strip().encode(), expected.encode())
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), expected.encode()
     ):
         raise unauthorized("a valid maintenance token is required")
-    return run_maintenance(app.db, app.dispatcher, app.settings.callback_url)
+    return run_maintenance(app.db, app.pipelines)

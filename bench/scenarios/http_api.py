@@ -162,7 +162,7 @@ def _push_jobs(url: str, count: int) -> list[dict[str, Any]]:
         return [
             conn.execute(
                 "select public.create_job(p_user_id => %s, p_kind => 'bench',"
-                " p_start_attempt => true)",
+                " p_pipeline => 'webhook')",
                 (user_id(n),),
             ).fetchone()[0]["job"]
             for n in range(1, count + 1)

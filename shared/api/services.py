@@ -11,17 +11,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.api.auth import TokenVerifier
-from shared.core import log
+from shared.core import errors, log
 from shared.core.db import Database, close_pools, database_from_settings
-from shared.core.settings import Settings
-from shared.push.dispatch import Dispatcher, dispatcher_from_settings
+from shared.core.settings import ConfigurationError, Settings
+from shared.push.dispatch import Dispatcher, Pipelines
 
 
 @dataclass(frozen=True)
 class Services:
     settings: Settings
     db: Database
-    dispatcher: Dispatcher
+    pipelines: Pipelines
     tokens: TokenVerifier
 
 
@@ -41,14 +41,27 @@ def settings() -> Settings:
     return Settings.from_env()
 
 
-@functools.cache
+def check_configuration() -> None:
+    """Raise ConfigurationError now, naming what is missing, instead of failing per request."""
+    database_from_settings(settings())
+
+
 def services() -> Services:
+    """The services, or ApiError configuration_error (503) naming what the environment lacks."""
+    try:
+        return _services()
+    except ConfigurationError as exc:
+        raise errors.configuration_error(str(exc)) from None
+
+
+@functools.cache
+def _services() -> Services:
     log.configure()
     config = settings()
     return Services(
         settings=config,
         db=database_from_settings(config),
-        dispatcher=dispatcher_from_settings(config, _local_pipeline),
+        pipelines=Pipelines.from_settings(config, _local_pipeline),
         tokens=TokenVerifier(
             jwt_secret=config.jwt_secret, jwks_url=config.jwks_url, issuer=config.jwt_issuer
         ),
@@ -56,15 +69,16 @@ def services() -> Services:
 
 
 def allowed_origins() -> tuple[str, ...]:
-    return settings().cors_allowed_origins
+    try:
+        return settings().cors_allowed_origins
+    except ConfigurationError:
+        return ()  # the handler answers configuration_error
 
 
 def reset() -> None:
     """Forget settings and services and close database pools; the next request rebuilds them."""
-    if services.cache_info().currsize:
-        close = getattr(services().dispatcher, "close", None)
-        if close is not None:
-            close()
+    if _services.cache_info().currsize:
+        _services().pipelines.close()
     settings.cache_clear()
-    services.cache_clear()
+    _services.cache_clear()
     close_pools()

@@ -19,7 +19,7 @@ import datetime as dt
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -28,9 +28,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shared.core import errors
-
-if TYPE_CHECKING:
-    from shared.core.settings import Settings
+from shared.core.settings import ConfigurationError, Settings
 
 # Supavisor's transaction pooler: a connection may change between statements, so psycopg must
 # not prepare statements server-side.
@@ -121,7 +119,7 @@ def database_from_settings(settings: Settings) -> Database:
         return PostgresDatabase(settings.database_url)
     if settings.supabase_url and settings.supabase_service_role_key:
         return SupabaseDatabase(settings.supabase_url, settings.supabase_service_role_key)
-    raise RuntimeError("configure DATABASE_URL, or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")
+    raise ConfigurationError("set DATABASE_URL, or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")
 
 
 # One pool per URL for the whole process, so re-importing functions/main.py or rebuilding

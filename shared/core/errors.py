@@ -80,5 +80,10 @@ def invalid_signature(message: str = "webhook signature verification failed") ->
     return ApiError("invalid_signature", message, 401)
 
 
+def configuration_error(message: str) -> ApiError:
+    """The deployment is missing configuration: nothing the client can fix, nothing was done."""
+    return ApiError("configuration_error", message, 503)
+
+
 def database_unavailable() -> ApiError:
     return ApiError("database_unavailable", "the database is unavailable, retry shortly", 503)

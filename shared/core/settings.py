@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 PIPELINES = ("local", "webhook", "prefect", "queue")
+DEFAULT_PORT = 8080
 
 
 # Every variable Settings.from_env reads (tests clear them to start from a known environment).
@@ -30,6 +31,10 @@ ENVIRONMENT_VARIABLES = (
 )
 
 
+class ConfigurationError(ValueError):
+    """The environment is incomplete or inconsistent; the message names what to set."""
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
@@ -47,18 +52,27 @@ class Settings:
     callback_url: str | None = None
     cors_allowed_origins: tuple[str, ...] = ()
     maintenance_token: str | None = None
-    port: int = 8080
+    port: int = DEFAULT_PORT
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
             choices = ", ".join(PIPELINES)
-            raise ValueError(f"PIPELINE must be one of {choices}, not {self.pipeline!r}")
-        if self.pipeline == "webhook" and not self.pipeline_url:
-            raise ValueError("PIPELINE=webhook needs PIPELINE_URL")
-        if self.pipeline == "prefect" and not (self.prefect_api_url and self.prefect_deployments):
-            raise ValueError("PIPELINE=prefect needs PREFECT_API_URL and PREFECT_DEPLOYMENTS")
-        if self.pipeline in ("webhook", "prefect") and not self.callback_url:
-            raise ValueError(f"PIPELINE={self.pipeline} needs CALLBACK_URL (the status function)")
+            raise ConfigurationError(f"PIPELINE must be one of {choices}, not {self.pipeline!r}")
+        needs = {
+            "webhook": {
+                "PIPELINE_URL": self.pipeline_url,
+                "PIPELINE_WEBHOOK_SECRET": self.pipeline_webhook_secret,
+            },
+            "prefect": {
+                "PREFECT_API_URL": self.prefect_api_url,
+                "PREFECT_DEPLOYMENTS": self.prefect_deployments,
+            },
+        }.get(self.pipeline, {})
+        if needs:
+            needs["CALLBACK_URL"] = self.callback_url
+        missing = [name for name, value in needs.items() if not value]
+        if missing:
+            raise ConfigurationError(f"PIPELINE={self.pipeline} needs {', '.join(missing)}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -86,8 +100,16 @@ class Settings:
             callback_url=get("CALLBACK_URL"),
             cors_allowed_origins=tuple(_split(get("CORS_ALLOWED_ORIGINS") or "")),
             maintenance_token=get("MAINTENANCE_TOKEN"),
-            port=int(get("PORT") or 8080),
+            port=_port(get("PORT")),
         )
+
+
+def _port(value: str | None) -> int:
+    if value is None:
+        return DEFAULT_PORT
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise ConfigurationError(f"PORT must be a TCP port number, not {value!r}")
+    return int(value)
 
 
 def _parse_map(value: str) -> dict[str, str]:
@@ -96,7 +118,9 @@ def _parse_map(value: str) -> dict[str, str]:
     for item in _split(value):
         key, sep, val = item.partition("=")
         if not sep or not key or not val:
-            raise ValueError(f"PREFECT_DEPLOYMENTS entries are kind=deployment_id, not {item!r}")
+            raise ConfigurationError(
+                f"PREFECT_DEPLOYMENTS entries are kind=deployment_id, not {item!r}"
+            )
         result[key] = val
     return result
 

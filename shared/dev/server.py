@@ -17,6 +17,7 @@ import os
 import secrets
 import shlex
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable, MutableMapping
@@ -31,7 +32,9 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Response
 
 from shared.api import services as app
+from shared.api.http import cors_headers
 from shared.core import log
+from shared.core.settings import ConfigurationError, Settings
 from shared.dev.embedded import PGDATA_NAME, start_embedded
 from shared.dev.local_pipeline import LocalPipeline
 from shared.migrate import migrate
@@ -140,13 +143,21 @@ def build_app(targets: Iterable[str] = TARGETS) -> DispatcherMiddleware:
         )
         for target in targets
     }
-    paths = ", ".join(mounts)
-    not_found = Response(
-        json.dumps({"error": {"code": "not_found", "message": f"no function here; try {paths}"}}),
-        status=404,
-        mimetype="application/json",
-    )
-    return DispatcherMiddleware(not_found, mounts)
+    return DispatcherMiddleware(_not_found(", ".join(mounts)), mounts)
+
+
+def _not_found(paths: str) -> WSGIApplication:
+    # With CORS headers, so a browser shows this answer instead of a bare "Failed to fetch".
+    body = json.dumps({"error": {"code": "not_found", "message": f"no function here; try {paths}"}})
+
+    def wsgi(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        origin = environ.get("HTTP_ORIGIN")
+        headers = cors_headers(origin, app.allowed_origins())
+        return Response(body, status=404, mimetype="application/json", headers=headers)(
+            environ, start_response
+        )
+
+    return wsgi
 
 
 def _at_root(app: WSGIApplication) -> WSGIApplication:
@@ -214,6 +225,11 @@ def main() -> int:
     environ = os.environ
     data_dir = data_dir_from(environ)
     apply_defaults(environ, data_dir)
+    try:
+        Settings.from_env(environ)
+    except ConfigurationError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     embedded = not environ.get("DATABASE_URL", "").strip()
     if embedded:
         print(f"starting embedded PostgreSQL in {data_dir / PGDATA_NAME} …", flush=True)

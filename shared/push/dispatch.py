@@ -1,7 +1,9 @@
-"""Handing a job's attempt to its pipeline (docs/pipelines.md), chosen by PIPELINE.
+"""Handing a job's attempt to its pipeline (docs/pipelines.md): the kind's, or PIPELINE.
 
 Every dispatch carries `{job_id, attempt, kind, params, project_id, callback_url}`; a dispatcher
-returns once the pipeline has accepted it, or raises DispatchError (then `generate` refunds).
+returns once the pipeline has accepted it, or raises DispatchError saying whether the pipeline
+certainly refused it (`generate` then refunds) or may have accepted it (a timeout: the job stays
+pending; maintenance dispatches the same attempt again, or fails and refunds it at its deadline).
 
 - `webhook`: signed POST (Standard Webhooks, PIPELINE_WEBHOOK_SECRET) to PIPELINE_URL.
 - `prefect`: create a flow run of the kind's deployment with idempotency key "<job_id>:<attempt>",
@@ -25,10 +27,23 @@ if TYPE_CHECKING:
 
 # Pipelines should accept and queue work, not do it inside the request.
 DISPATCH_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+# Answers that come from a gateway or a timeout, not from the pipeline's decision: it may have
+# accepted the job.
+AMBIGUOUS_STATUSES = frozenset({408, 502, 504})
+# What each push pipeline needs before it can be used.
+PIPELINE_REQUIREMENTS = {
+    "webhook": "PIPELINE_URL, PIPELINE_WEBHOOK_SECRET and CALLBACK_URL",
+    "prefect": "PREFECT_API_URL, PREFECT_DEPLOYMENTS and CALLBACK_URL",
+    "local": "the dev server (python -m shared.dev) and CALLBACK_URL",
+}
 
 
 class DispatchError(Exception):
-    """The pipeline did not accept the job (unreachable, timed out, or answered an error)."""
+    """The pipeline did not take the job: `refused` if certainly not, else it may have."""
+
+    def __init__(self, message: str, *, refused: bool = True) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 class Dispatcher(Protocol):
@@ -48,12 +63,10 @@ def dispatch_payload(job: dict[str, Any], callback_url: str | None) -> dict[str,
 
 
 class WebhookDispatcher:
-    def __init__(self, url: str, secrets: str, *, timeout: httpx.Timeout = DISPATCH_TIMEOUT):
-        if not secrets:
-            raise ValueError("PIPELINE=webhook needs PIPELINE_WEBHOOK_SECRET to sign dispatches")
+    def __init__(self, url: str, secrets: str, *, timeout: httpx.Timeout | None = None) -> None:
         self.url = url
         self.secrets = secrets
-        self.http = httpx.Client(timeout=timeout)
+        self.http = httpx.Client(timeout=timeout or DISPATCH_TIMEOUT)
 
     def dispatch(self, job: dict[str, Any], callback_url: str | None) -> None:
         payload = dispatch_payload(job, callback_url)
@@ -74,12 +87,12 @@ class PrefectDispatcher:
         deployments: dict[str, str],
         api_key: str | None = None,
         *,
-        timeout: httpx.Timeout = DISPATCH_TIMEOUT,
-    ):
+        timeout: httpx.Timeout | None = None,
+    ) -> None:
         self.api_url = api_url.rstrip("/")
         self.deployments = dict(deployments)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(timeout=timeout, headers=headers)
+        self.http = httpx.Client(timeout=timeout or DISPATCH_TIMEOUT, headers=headers)
 
     def dispatch(self, job: dict[str, Any], callback_url: str | None) -> None:
         deployment_id = self.deployments.get(job["kind"])
@@ -99,36 +112,63 @@ class PrefectDispatcher:
         self.http.close()
 
 
-class QueueDispatcher:
-    """Pull mode: jobs wait in the table until a worker claims them."""
+class Pipelines:
+    """The push pipelines of one deployment by name, and PIPELINE as the default."""
 
-    def dispatch(self, job: dict[str, Any], callback_url: str | None) -> None:
-        return None
+    def __init__(
+        self, default: str, dispatchers: dict[str, Dispatcher], callback_url: str | None
+    ) -> None:
+        self.default = default
+        self.dispatchers = dispatchers
+        self.callback_url = callback_url
 
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, local_pipeline: Callable[[Settings], Dispatcher] | None = None
+    ) -> Pipelines:
+        """Every pipeline the settings configure; `local_pipeline` is the dev server's."""
+        dispatchers: dict[str, Dispatcher] = {}
+        if settings.callback_url:
+            if settings.pipeline_url and settings.pipeline_webhook_secret:
+                dispatchers["webhook"] = WebhookDispatcher(
+                    settings.pipeline_url, settings.pipeline_webhook_secret
+                )
+            if settings.prefect_api_url and settings.prefect_deployments:
+                dispatchers["prefect"] = PrefectDispatcher(
+                    settings.prefect_api_url, settings.prefect_deployments, settings.prefect_api_key
+                )
+            if local_pipeline is not None:
+                dispatchers["local"] = local_pipeline(settings)
+        return cls(settings.pipeline, dispatchers, settings.callback_url)
 
-def dispatcher_from_settings(
-    settings: Settings, local_pipeline: Callable[[Settings], Dispatcher] | None = None
-) -> Dispatcher:
-    """The dispatcher PIPELINE names; `local_pipeline` builds the dev server's demo pipeline."""
-    if settings.pipeline == "webhook":
-        return WebhookDispatcher(settings.pipeline_url, settings.pipeline_webhook_secret)
-    if settings.pipeline == "prefect":
-        return PrefectDispatcher(
-            settings.prefect_api_url, settings.prefect_deployments, settings.prefect_api_key
-        )
-    if settings.pipeline == "local":
-        if local_pipeline is None:
-            raise ValueError(
-                "PIPELINE=local is the dev server's demo pipeline (python -m shared.dev)"
-            )
-        return local_pipeline(settings)
-    return QueueDispatcher()
+    def dispatch(self, job: dict[str, Any], pipeline: str | None = None) -> None:
+        """Hand the job's attempt to `pipeline` (None: the default); nothing to do for queue."""
+        name = pipeline or self.default
+        if name == "queue":
+            return
+        dispatcher = self.dispatchers.get(name)
+        if dispatcher is None:
+            needs = PIPELINE_REQUIREMENTS.get(name, "a known pipeline name")
+            raise DispatchError(f"the {name} pipeline is not configured here: it needs {needs}")
+        dispatcher.dispatch(job, self.callback_url)
+
+    def close(self) -> None:
+        for dispatcher in self.dispatchers.values():
+            close = getattr(dispatcher, "close", None)
+            if close is not None:
+                close()
 
 
 def _post(http: httpx.Client, url: str, **kwargs: Any) -> None:
     try:
         response = http.post(url, **kwargs)
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise DispatchError(f"{type(exc).__name__}: could not reach the pipeline") from exc
     except httpx.HTTPError as exc:
-        raise DispatchError(f"{type(exc).__name__} calling the pipeline") from exc
+        # the request may have been delivered: only the pipeline knows whether it took the job
+        raise DispatchError(f"{type(exc).__name__} calling the pipeline", refused=False) from exc
     if not response.is_success:
-        raise DispatchError(f"the pipeline answered HTTP {response.status_code}")
+        raise DispatchError(
+            f"the pipeline answered HTTP {response.status_code}",
+            refused=response.status_code not in AMBIGUOUS_STATUSES,
+        )

@@ -12,7 +12,7 @@ import uuid
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from shared.core.errors import invalid_signature
+from shared.core.errors import configuration_error, invalid_signature
 
 
 def _webhooks(secrets: str | None) -> list[Webhook]:
@@ -23,7 +23,7 @@ def verify(secrets: str | None, body: bytes, headers: dict[str, str]) -> None:
     """Raise ApiError invalid_signature unless `body` carries a valid, fresh signature."""
     webhooks = _webhooks(secrets)
     if not webhooks:
-        raise invalid_signature("no webhook secret is configured")
+        raise configuration_error("PIPELINE_WEBHOOK_SECRET is not set: reports cannot be verified")
     reason = "webhook signature verification failed"
     for webhook in webhooks:
         try:

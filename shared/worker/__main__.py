@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import shared.worker
 from shared.core import log
 from shared.core.db import database_from_settings
-from shared.core.settings import Settings
+from shared.core.settings import ConfigurationError, Settings
 from shared.worker import Worker
 
 
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"cannot load handler {args.handler!r}: {exc}")
     try:
         db = database_from_settings(Settings.from_env())
-    except (RuntimeError, ValueError) as exc:
+    except ConfigurationError as exc:
         parser.error(str(exc))
 
     log.configure()

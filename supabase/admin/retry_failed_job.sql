@@ -28,10 +28,11 @@ where j.id = '00000000-0000-0000-0000-000000000000';
 -- from public.jobs j where j.id = '00000000-0000-0000-0000-000000000000' and j.status = 'failed';
 
 -- B. The new job. The idempotency key makes running this twice create one job (the second run
---    answers replayed = true). p_start_attempt picks who runs it, as `generate` would:
---    false: queue workers claim it (PIPELINE=queue);
---    true:  a pushed job; the next maintenance run dispatches it once its lease has expired —
---           run the UPDATE below to make that the next minute.
+--    answers replayed = true). p_pipeline is the deployment's PIPELINE, as `generate` passes it
+--    (the kind's own job_kinds.pipeline wins):
+--    'queue': queue workers claim it;
+--    'webhook' / 'prefect': a pushed job; the next maintenance run dispatches it once its lease
+--           has expired — run the UPDATE below to make that the next minute.
 -- select public.create_job(
 --   p_user_id => j.user_id,
 --   p_kind => j.kind,
@@ -39,7 +40,7 @@ where j.id = '00000000-0000-0000-0000-000000000000';
 --   p_project_id => j.project_id,
 --   p_step_number => j.step_number,
 --   p_idempotency_key => 'admin-retry:' || j.id,
---   p_start_attempt => false)
+--   p_pipeline => 'queue')
 -- from public.jobs j
 -- where j.id = '00000000-0000-0000-0000-000000000000' and j.status = 'failed';
 

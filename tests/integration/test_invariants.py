@@ -77,7 +77,7 @@ def one_operation(conn: psycopg.Connection, work: Workload, rng: random.Random) 
                     kind=rng.choice(list(KINDS)),
                     params={"n": rng.randrange(3)},
                     idempotency_key=key,
-                    start_attempt=rng.random() < 0.2,
+                    pipeline="webhook" if rng.random() < 0.2 else None,
                 )
                 job = response["job"]
                 work.jobs.append((job["id"], user))

@@ -180,13 +180,13 @@ def test_claim_starts_a_new_attempt_with_the_kinds_lease(conn, make_user):
 
 
 def test_pushed_job_starts_its_first_attempt_at_creation(conn, make_user):
-    """G5 (push mode): create_job(start_attempt) opens attempt 1 without a worker claim; the
+    """G5 (push mode): create_job(p_pipeline => webhook) opens attempt 1 without a worker claim; the
     pipeline's first heartbeat makes it processing, and a completion may even come first."""
     add_kind(conn, "image", 10, lease_seconds=60)
     user = make_user(20)
 
-    pushed = create_job(conn, user, "image", start_attempt=True)
-    fast = create_job(conn, user, "image", start_attempt=True)
+    pushed = create_job(conn, user, "image", pipeline="webhook")
+    fast = create_job(conn, user, "image", pipeline="webhook")
 
     assert (pushed["status"], pushed["attempt"]) == ("pending", 1)
     assert 59 <= seconds_until(conn, "lease_expires_at", pushed["id"]) <= 60

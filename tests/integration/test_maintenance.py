@@ -2,7 +2,7 @@
 
 A function instance that dies after create_job committed (charged, attempt 1 started) but before
 it dispatched leaves a pending job nobody works on. These tests create exactly that state with
-create_job(p_start_attempt => true) and no dispatch, then let maintenance heal it through a real
+create_job(p_pipeline => 'webhook') and no dispatch, then let maintenance heal it through a real
 local HTTP pipeline (WebhookDispatcher, signed).
 """
 
@@ -21,7 +21,7 @@ import pytest
 from shared.core.db import PostgresDatabase, close_pools
 from shared.migrate import DEFAULT_DIR
 from shared.push import webhooks
-from shared.push.dispatch import WebhookDispatcher
+from shared.push.dispatch import Pipelines, WebhookDispatcher
 from shared.push.maintenance import run_maintenance
 from tests.integration.sqlfns import (
     add_kind,
@@ -82,10 +82,12 @@ def pipeline() -> Iterator[RecordingPipeline]:
 
 
 @pytest.fixture
-def dispatcher(pipeline: RecordingPipeline) -> Iterator[WebhookDispatcher]:
-    webhook = WebhookDispatcher(pipeline.url, pipeline.secret)
-    yield webhook
-    webhook.close()
+def pipelines(pipeline: RecordingPipeline) -> Iterator[Pipelines]:
+    pushed = Pipelines(
+        "webhook", {"webhook": WebhookDispatcher(pipeline.url, pipeline.secret)}, CALLBACK_URL
+    )
+    yield pushed
+    pushed.close()
 
 
 @pytest.fixture
@@ -105,7 +107,7 @@ def story(conn: psycopg.Connection) -> str:
 
 def pushed_job(conn: psycopg.Connection, user_id, kind: str) -> dict:
     """create_job as `generate` does in push mode, then no dispatch: the instance died here."""
-    return create_job(conn, user_id, kind, params={"topic": "crash"}, start_attempt=True)
+    return create_job(conn, user_id, kind, params={"topic": "crash"}, pipeline="webhook")
 
 
 def pass_dispatch_deadline(conn: psycopg.Connection, job_id) -> None:
@@ -117,22 +119,23 @@ def pass_dispatch_deadline(conn: psycopg.Connection, job_id) -> None:
 
 
 def test_crash_after_charge_is_redispatched_with_the_same_attempt(
-    conn, db, dispatcher, pipeline, make_user, story
+    conn, db, pipelines, pipeline, make_user, story
 ):
     user = make_user(balance=100)
     job = pushed_job(conn, user, story)
     first_dispatch = job_row(conn, job["id"])["dispatched_at"]
 
     # Within its lease the pipeline may still answer: nothing to do yet.
-    assert run_maintenance(db, dispatcher, CALLBACK_URL) == {
+    assert run_maintenance(db, pipelines) == {
         "reaped": 0,
         "retried": 0,
         "redispatched": 0,
+        "unstarted_failed": 0,
     }
     expire_lease(conn, job["id"])
-    assert run_maintenance(db, dispatcher, CALLBACK_URL)["redispatched"] == 1
+    assert run_maintenance(db, pipelines)["redispatched"] == 1
     # Dispatched again, and only once: its lease runs again.
-    assert run_maintenance(db, dispatcher, CALLBACK_URL)["redispatched"] == 0
+    assert run_maintenance(db, pipelines)["redispatched"] == 0
 
     [dispatch] = pipeline.received
     assert dispatch["job_id"] == job["id"]
@@ -152,18 +155,19 @@ def test_crash_after_charge_is_redispatched_with_the_same_attempt(
 
 
 def test_past_the_dispatch_deadline_the_job_is_failed_and_refunded_once(
-    conn, db, dispatcher, pipeline, make_user, story
+    conn, db, pipelines, pipeline, make_user, story
 ):
     user = make_user(balance=100)
     job = pushed_job(conn, user, story)
     pass_dispatch_deadline(conn, job["id"])
 
-    assert run_maintenance(db, dispatcher, CALLBACK_URL) == {
+    assert run_maintenance(db, pipelines) == {
         "reaped": 1,
         "retried": 0,
         "redispatched": 0,
+        "unstarted_failed": 0,
     }
-    assert run_maintenance(db, dispatcher, CALLBACK_URL)["reaped"] == 0
+    assert run_maintenance(db, pipelines)["reaped"] == 0
 
     row = job_row(conn, job["id"])
     assert (row["status"], row["refunded"]) == ("failed", COST)
@@ -192,14 +196,14 @@ def test_concurrent_maintenance_runs_refund_a_job_once(conn, db_url, make_user, 
 
 
 def test_a_retried_push_job_gets_its_next_attempt_dispatched(
-    conn, db, dispatcher, pipeline, make_user, story
+    conn, db, pipelines, pipeline, make_user, story
 ):
     user = make_user(balance=100)
     job = pushed_job(conn, user, story)
     retried = call(conn, "fail_job", job_id=job["id"], attempt=1, error="429", retryable=True)
     assert retried["outcome"] == "retried"
 
-    assert run_maintenance(db, dispatcher, CALLBACK_URL)["redispatched"] == 1
+    assert run_maintenance(db, pipelines)["redispatched"] == 1
     [dispatch] = pipeline.received
     assert (dispatch["job_id"], dispatch["attempt"]) == (job["id"], 2)
     row = job_row(conn, job["id"])
@@ -211,7 +215,7 @@ def test_a_retried_push_job_gets_its_next_attempt_dispatched(
 
 
 def test_queue_jobs_are_never_pushed_and_push_jobs_never_claimed(
-    conn, db, dispatcher, pipeline, make_user, story
+    conn, db, pipelines, pipeline, make_user, story
 ):
     user = make_user(balance=100)
     queued = create_job(conn, user, story)
@@ -222,39 +226,39 @@ def test_queue_jobs_are_never_pushed_and_push_jobs_never_claimed(
     assert [j["id"] for j in claim(conn, [story], limit=10)] == [queued["id"]]
     call(conn, "fail_job", job_id=queued["id"], attempt=1, error="429", retryable=True)
     # Maintenance pushes the push job only; the retried queue job waits for a worker.
-    assert run_maintenance(db, dispatcher, CALLBACK_URL)["redispatched"] == 1
+    assert run_maintenance(db, pipelines)["redispatched"] == 1
     assert [d["job_id"] for d in pipeline.received] == [pushed["id"]]
     assert [j["id"] for j in claim(conn, [story], limit=10)] == [queued["id"]]
 
 
 def test_a_failed_redispatch_is_left_for_the_next_run(
-    conn, db, dispatcher, pipeline, make_user, story
+    conn, db, pipelines, pipeline, make_user, story
 ):
     user = make_user(balance=100)
     job = pushed_job(conn, user, story)
     expire_lease(conn, job["id"])
     pipeline.status = 503
-    assert run_maintenance(db, dispatcher, CALLBACK_URL)["redispatched"] == 0
+    assert run_maintenance(db, pipelines)["redispatched"] == 0
     assert job_row(conn, job["id"])["status"] == "pending"
 
     pipeline.status = 202
     expire_lease(conn, job["id"])
-    assert run_maintenance(db, dispatcher, CALLBACK_URL)["redispatched"] == 1
+    assert run_maintenance(db, pipelines)["redispatched"] == 1
     assert [d["attempt"] for d in pipeline.received] == [1, 1]
     assert ledger_for_job(conn, job["id"]) == [("charge", -COST)]
 
 
 def test_a_paused_kind_is_not_redispatched_but_still_ends_at_its_deadline(
-    conn, db, dispatcher, pipeline, make_user, story
+    conn, db, pipelines, pipeline, make_user, story
 ):
     user = make_user(balance=100)
     job = pushed_job(conn, user, story)
     assert call(conn, "pause_job_kind", kind=story, paused=True)["paused"] is True
     expire_lease(conn, job["id"])
-    assert run_maintenance(db, dispatcher, CALLBACK_URL)["redispatched"] == 0
+    assert run_maintenance(db, pipelines)["redispatched"] == 0
 
     pass_dispatch_deadline(conn, job["id"])
-    assert run_maintenance(db, dispatcher, CALLBACK_URL)["reaped"] == 1
+    assert run_maintenance(db, pipelines)["reaped"] == 1
     assert ledger_for_job(conn, job["id"]) == [("charge", -COST), ("refund", COST)]
     assert pipeline.received == []
     with pytest.raises(psycopg.Error) as info:
@@ -264,7 +268,7 @@ def test_a_paused_kind_is_not_redispatched_but_still_ends_at_its_deadline(
     assert create_job(conn, user, story)["status"] == "pending"
 
 
-def test_maintenance_reaps_stalled_workers(conn, db, dispatcher, make_user):
+def test_maintenance_reaps_stalled_workers(conn, db, pipelines, make_user):
     user = make_user(balance=100)
     again = add_kind(conn, "again", COST, max_attempts=2)
     once = add_kind(conn, "once", COST, max_attempts=1)
@@ -274,10 +278,11 @@ def test_maintenance_reaps_stalled_workers(conn, db, dispatcher, make_user):
     expire_lease(conn, retried["id"])
     expire_lease(conn, ended["id"])
 
-    assert run_maintenance(db, dispatcher, CALLBACK_URL) == {
+    assert run_maintenance(db, pipelines) == {
         "reaped": 2,
         "retried": 1,
         "redispatched": 0,
+        "unstarted_failed": 0,
     }
     assert job_row(conn, retried["id"])["status"] == "pending"
     assert ledger_for_job(conn, retried["id"]) == [("charge", -COST)]

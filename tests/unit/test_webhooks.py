@@ -54,8 +54,11 @@ def test_missing_or_malformed_headers_are_refused():
     assert "malformed" in refused(OLD, BODY, headers)
 
 
-def test_no_configured_secret_refuses_everything():
-    assert "no webhook secret" in refused(None, BODY, sign(OLD, "msg_1", BODY))
+def test_no_configured_secret_is_a_configuration_error_not_a_bad_signature():
+    with pytest.raises(ApiError) as caught:
+        verify(None, BODY, sign(OLD, "msg_1", BODY))
+    assert caught.value.status == 503 and caught.value.code == "configuration_error"
+    assert "PIPELINE_WEBHOOK_SECRET" in caught.value.message
 
 
 def test_rotation_accepts_either_configured_secret():
