@@ -22,7 +22,6 @@ import psycopg
 import pytest
 
 from tests.integration.sqlfns import (
-    CJ_STALE_ATTEMPT,
     add_kind,
     balance,
     call,
@@ -30,7 +29,7 @@ from tests.integration.sqlfns import (
     discrepancies,
     job_row,
     ledger_for_job,
-    raises_sqlstate,
+    raises_error,
 )
 
 pytestmark = pytest.mark.acceptance
@@ -280,9 +279,9 @@ def test_a_frozen_worker_is_fenced_off_when_another_takes_over(conn, make_user, 
     [a_done] = a.events("job_done")
     assert a_done["outcome"] in ("dropped", "lost")
     # ...and the database would refuse it anyway: a late completion never overwrites attempt 2.
-    with raises_sqlstate(CJ_STALE_ATTEMPT):
+    with raises_error("stale_attempt"):
         call(conn, "complete_job", job_id=job["id"], attempt=1, result={"late": True})
-    with raises_sqlstate(CJ_STALE_ATTEMPT):
+    with raises_error("stale_attempt"):
         call(conn, "heartbeat_job", job_id=job["id"], attempt=1, progress=99)
 
     row = job_row(conn, job["id"])

@@ -16,13 +16,7 @@ import pytest
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
-CJ_INSUFFICIENT_CREDITS = "CJ001"
-CJ_UNKNOWN_KIND = "CJ002"
-CJ_NOT_FOUND = "CJ003"
-CJ_INVALID_TRANSITION = "CJ004"
-CJ_STALE_ATTEMPT = "CJ005"
-CJ_IDEMPOTENCY_KEY_REUSED = "CJ006"
-CJ_INVALID_ARGUMENT = "CJ007"
+from shared.core.errors import SQLSTATE_ERRORS
 
 
 def call(conn: psycopg.Connection, function: str, **params: Any) -> dict:
@@ -37,19 +31,26 @@ def call(conn: psycopg.Connection, function: str, **params: Any) -> dict:
         return cur.fetchone()[0]
 
 
-def outcome_or_sqlstate(conn: psycopg.Connection, function: str, **params: Any) -> str:
-    """The call's `outcome`, or the SQLSTATE it raised (for tallying racing calls)."""
+def error_code(error: psycopg.Error) -> str | None:
+    """The API error code (shared.core.errors) of a business error, else the raw SQLSTATE."""
+    known = SQLSTATE_ERRORS.get(error.sqlstate or "")
+    return known[0] if known else error.sqlstate
+
+
+def outcome_or_error(conn: psycopg.Connection, function: str, **params: Any) -> str:
+    """The call's `outcome`, or the error code it raised (for tallying racing calls)."""
     try:
         return call(conn, function, **params)["outcome"]
     except psycopg.Error as e:
-        return e.sqlstate
+        return error_code(e)
 
 
 @contextmanager
-def raises_sqlstate(sqlstate: str) -> Iterator[pytest.ExceptionInfo]:
+def raises_error(code: str) -> Iterator[pytest.ExceptionInfo]:
+    """Expect the business error `code` (e.g. "invalid_transition"), or another by SQLSTATE."""
     with pytest.raises(psycopg.Error) as info:
         yield info
-    assert info.value.sqlstate == sqlstate, f"expected {sqlstate}, got {info.value!r}"
+    assert error_code(info.value) == code, f"expected {code}, got {info.value!r}"
 
 
 def connect(db_url: str) -> psycopg.Connection:

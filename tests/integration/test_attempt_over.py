@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.sqlfns import (
-    CJ_STALE_ATTEMPT,
     add_kind,
     balance,
     call,
@@ -14,7 +13,7 @@ from tests.integration.sqlfns import (
     create_job,
     job_row,
     ledger_for_job,
-    raises_sqlstate,
+    raises_error,
 )
 
 pytestmark = pytest.mark.integration
@@ -36,9 +35,9 @@ def retried_job(conn, make_user):
 
 def test_late_heartbeat_and_completion_of_a_retried_attempt_are_stale(conn, retried_job):
     user, job_id = retried_job
-    with raises_sqlstate(CJ_STALE_ATTEMPT):
+    with raises_error("stale_attempt"):
         call(conn, "heartbeat_job", job_id=job_id, attempt=1, progress=50)
-    with raises_sqlstate(CJ_STALE_ATTEMPT):
+    with raises_error("stale_attempt"):
         call(conn, "complete_job", job_id=job_id, attempt=1, result={"late": True})
     assert job_row(conn, job_id)["status"] == "pending"
     assert balance(conn, user) == 0
