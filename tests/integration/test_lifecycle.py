@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import typing
+
 import psycopg
 import pytest
 
+from shared.api.models import JobStatus
 from tests.integration.sqlfns import (
     add_kind,
     balance,
@@ -21,8 +24,6 @@ from tests.integration.sqlfns import (
 )
 
 pytestmark = pytest.mark.integration
-
-STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
 
 
 def seconds_until(conn: psycopg.Connection, column: str, job_id) -> float:
@@ -70,7 +71,7 @@ def test_no_raw_update_moves_a_job_out_of_a_terminal_state(conn, make_user):
     jobs = jobs_in_every_terminal_state(conn, user)
 
     for status, job in jobs.items():
-        for target in STATUSES:
+        for target in typing.get_args(JobStatus):
             if target == status:
                 continue
             with raises_error("invalid_transition"):

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
 import pytest
+import yaml
 
 from shared.core import errors
 from shared.core.errors import SQLSTATE_ERRORS
 from shared.migrate import DEFAULT_DIR as MIGRATIONS
+
+OPENAPI = Path(__file__).resolve().parents[2] / "openapi.yaml"
 
 
 @pytest.mark.parametrize(
@@ -29,6 +33,12 @@ def test_the_table_holds_exactly_the_sqlstates_the_migrations_raise():
         for code in re.findall(r"'(CJ[0-9A-Z]{3})'", migration.read_text())
     }
     assert raised == set(SQLSTATE_ERRORS)
+
+
+def test_openapi_documents_every_business_error_code():
+    error = yaml.safe_load(OPENAPI.read_text())["components"]["schemas"]["Error"]
+    documented = error["properties"]["error"]["properties"]["code"]["enum"]
+    assert {code for code, _status in SQLSTATE_ERRORS.values()} <= set(documented)
 
 
 @pytest.mark.parametrize("sqlstate", ["42883", "23505", None, "CJ999"])
