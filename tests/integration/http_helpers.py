@@ -102,14 +102,3 @@ def http_api(monkeypatch: pytest.MonkeyPatch, db_url: str, **env: str) -> Iterat
         yield Api()
     finally:
         app.reset()
-
-
-def add_kind(conn, kind: str = "story", cost: int = 5, **columns: Any) -> str:
-    """Job kinds are not seeded by migrations: each test inserts its own."""
-    values = {"kind": kind, "cost": cost, **columns}
-    names = ", ".join(values)
-    placeholders = ", ".join(["%s"] * len(values))
-    conn.execute(
-        f"insert into public.job_kinds ({names}) values ({placeholders})", list(values.values())
-    )
-    return kind

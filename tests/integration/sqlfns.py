@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
@@ -85,19 +86,17 @@ def race(db_url: str, n: int, action: Callable[[psycopg.Connection, int], str]) 
 
 
 def add_kind(
-    conn: psycopg.Connection,
-    kind: str,
-    cost: int,
-    *,
-    max_attempts: int = 3,
-    lease_seconds: int = 300,
-    retry_delay_seconds: int = 0,
+    conn: psycopg.Connection, kind: str, cost: int, *, retry_delay_seconds: int = 0, **columns: Any
 ) -> str:
+    """Insert a job kind (migrations seed none); other columns keep the table's defaults, except
+    that a retry is due at once unless the test asks for a delay."""
+    values = {"kind": kind, "cost": cost, "retry_delay_seconds": retry_delay_seconds, **columns}
     conn.execute(
-        "insert into public.job_kinds"
-        " (kind, cost, max_attempts, lease_seconds, retry_delay_seconds)"
-        " values (%s, %s, %s, %s, %s)",
-        (kind, cost, max_attempts, lease_seconds, retry_delay_seconds),
+        sql.SQL("insert into public.job_kinds ({}) values ({})").format(
+            sql.SQL(", ").join(map(sql.Identifier, values)),
+            sql.SQL(", ").join(sql.Placeholder() * len(values)),
+        ),
+        list(values.values()),
     )
     return kind
 

@@ -20,7 +20,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from tests.fake_http import closed_port_url, fake_server
-from tests.integration.http_helpers import MAINTENANCE_TOKEN, add_kind, http_api, token
+from tests.integration.http_helpers import MAINTENANCE_TOKEN, http_api, token
+from tests.integration.sqlfns import add_kind
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = yaml.safe_load((ROOT / "openapi.yaml").read_text())
