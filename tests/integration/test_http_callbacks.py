@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
+import logging
 import uuid
 
 import pytest
@@ -88,10 +90,17 @@ def test_any_json_result_is_stored(api, job):
     assert completed.json["job"]["result"] == ["a", 1, None]
 
 
-def test_failed_refunds_once_and_replay_is_duplicate(api, job, conn):
+def refund_events(caplog) -> list[dict]:
+    events = (json.loads(r.message) for r in caplog.records if r.name == "credit_jobs.events")
+    return [e for e in events if e["event"] == "job_refunded"]
+
+
+def test_failed_refunds_once_and_replay_is_duplicate(api, job, conn, caplog):
     failed = report(job, status="failed", error="model crashed", retryable=False)
-    first = api.callback(failed)
-    assert first.status_code == 200 and first.json["outcome"] == "applied"
+    with caplog.at_level(logging.INFO, logger="credit_jobs.events"):
+        first = api.callback(failed)
+    assert [e["job_id"] for e in refund_events(caplog)] == [job["id"]]
+    assert first.status_code == 200 and first.json["outcome"] == "refunded"
     assert first.json["job"]["status"] == "failed"
     assert first.json["job"]["error_message"] == "model crashed"
     assert balance(conn, job["user_id"]) == 10
@@ -102,10 +111,12 @@ def test_failed_refunds_once_and_replay_is_duplicate(api, job, conn):
     assert late.status_code == 409 and late.json["error"]["code"] == "invalid_transition"
 
 
-def test_retryable_failure_ends_the_attempt(api, job, conn):
+def test_retryable_failure_ends_the_attempt(api, job, conn, caplog):
     failed = report(job, status="failed", error="busy", retryable=True)
-    retried = api.callback(failed)
+    with caplog.at_level(logging.INFO, logger="credit_jobs.events"):
+        retried = api.callback(failed)
     assert retried.status_code == 200 and retried.json["outcome"] == "applied"
+    assert refund_events(caplog) == []
     assert retried.json["job"]["status"] == "pending"
     assert balance(conn, job["user_id"]) == 0  # still charged: another attempt will run
     assert api.callback(failed).json["outcome"] == "duplicate"
