@@ -22,7 +22,7 @@ from shared.core.db import PostgresDatabase, close_pools
 from shared.migrate import DEFAULT_DIR
 from shared.push import webhooks
 from shared.push.dispatch import Pipelines, WebhookDispatcher
-from shared.push.maintenance import run_maintenance
+from shared.push.maintenance import REAP_BATCH, run_maintenance
 from tests.integration.sqlfns import (
     add_kind,
     balance,
@@ -287,6 +287,15 @@ def test_maintenance_reaps_stalled_workers(conn, db, pipelines, make_user):
     assert ledger_for_job(conn, retried["id"]) == [("charge", -COST)]
     assert job_row(conn, ended["id"])["status"] == "failed"
     assert ledger_for_job(conn, ended["id"]) == [("charge", -COST), ("refund", COST)]
+
+
+def test_every_reaper_takes_batches_of_reap_stalled_jobs_default(conn):
+    """maintenance's REAP_BATCH is reap_stalled_jobs' default, which the pg_cron job calls
+    (tests/acceptance/test_pg_cron.py checks its command)."""
+    arguments = conn.execute(
+        "select pg_get_function_arguments('public.reap_stalled_jobs(integer)'::regprocedure) as a"
+    ).fetchone()["a"]
+    assert arguments == f"p_limit integer DEFAULT {REAP_BATCH}"
 
 
 ADMIN_DIR = DEFAULT_DIR.parent / "admin"
