@@ -54,6 +54,16 @@ def raises_error(code: str) -> Iterator[pytest.ExceptionInfo]:
     assert error_code(info.value) == code, f"expected {code}, got {info.value!r}"
 
 
+def assert_late_reports_refused(
+    conn: psycopg.Connection, job_id: Any, attempt: int, code: str
+) -> None:
+    """A late completion and a late heartbeat of `attempt` are both refused with `code`."""
+    late = {"complete_job": {"result": {"late": True}}, "heartbeat_job": {"progress": 99}}
+    for function, params in late.items():
+        with raises_error(code):
+            call(conn, function, job_id=job_id, attempt=attempt, **params)
+
+
 def connect(db_url: str) -> psycopg.Connection:
     """A separate autocommit connection, as each concurrent client would have."""
     return psycopg.connect(db_url, autocommit=True, row_factory=dict_row)

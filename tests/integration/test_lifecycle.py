@@ -11,6 +11,7 @@ import pytest
 from shared.api.models import JobStatus
 from tests.integration.sqlfns import (
     add_kind,
+    assert_late_reports_refused,
     balance,
     call,
     claim,
@@ -53,10 +54,7 @@ def test_late_completion_never_overwrites_failed(conn, make_user):
     job = claim_one(conn, "image")
     call(conn, "fail_job", job_id=job["id"], attempt=1, error="gpu lost")
 
-    with raises_error("invalid_transition"):
-        call(conn, "complete_job", job_id=job["id"], attempt=1, result={"late": True})
-    with raises_error("invalid_transition"):
-        call(conn, "heartbeat_job", job_id=job["id"], attempt=1)
+    assert_late_reports_refused(conn, job["id"], 1, "invalid_transition")
 
     assert job_row(conn, job["id"])["status"] == "failed"
     assert ledger_for_job(conn, job["id"]) == [("charge", -10), ("refund", 10)]
@@ -217,10 +215,7 @@ def test_stalled_worker_story(conn, make_user):
     failed = call(conn, "fail_job", job_id=job["id"], attempt=2, error="bad input")
     assert failed["outcome"] == "refunded"
 
-    with raises_error("stale_attempt"):  # worker A wakes up
-        call(conn, "complete_job", job_id=job["id"], attempt=1, result={"late": True})
-    with raises_error("stale_attempt"):
-        call(conn, "heartbeat_job", job_id=job["id"], attempt=1)
+    assert_late_reports_refused(conn, job["id"], 1, "stale_attempt")  # worker A wakes up
 
     assert job_row(conn, job["id"])["status"] == "failed"
     assert ledger_for_job(conn, job["id"]) == [("charge", -10), ("refund", 10)]
