@@ -7,6 +7,7 @@ and the JWT claims in `request.jwt.claims`.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,33 +49,15 @@ alter default privileges in schema public
   grant all on sequences to anon, authenticated, service_role;
 """
 
-# docs/sql.md: every function with its parameters in order (trailing extras must have defaults).
-SQL_SURFACE = {
-    "create_job": [
-        "p_user_id",
-        "p_kind",
-        "p_params",
-        "p_project_id",
-        "p_step_number",
-        "p_idempotency_key",
-    ],
-    "claim_jobs": ["p_worker_id", "p_kinds", "p_limit"],
-    "heartbeat_job": ["p_job_id", "p_attempt", "p_progress"],
-    "complete_job": ["p_job_id", "p_attempt", "p_result", "p_credits_used"],
-    "fail_job": ["p_job_id", "p_attempt", "p_error", "p_retryable"],
-    "refund_job_atomic": ["p_job_id", "p_reason", "p_attempt"],
-    "cancel_job": ["p_job_id", "p_user_id"],
-    "reap_stalled_jobs": ["p_limit"],
-    "upsert_project_step": [
-        "p_user_id",
-        "p_project_id",
-        "p_step_number",
-        "p_data",
-        "p_completed_at",
-        "p_skip_reason",
-    ],
-    "admin_grant_credits": ["p_user_id", "p_amount", "p_reason"],
-}
+SQL_REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "sql.md"
+# A row of docs/sql.md's function table: | `name(p_a, p_b = default, ...)` | ...
+DOCUMENTED_FUNCTION = re.compile(r"^\| `(\w+)\(([^)]*)\)` \|", re.MULTILINE)
+
+
+def documented_functions() -> dict[str, list[str]]:
+    """docs/sql.md's public functions: name -> parameters as written (`p_x` or `p_x = default`)."""
+    rows = DOCUMENTED_FUNCTION.findall(SQL_REFERENCE.read_text())
+    return {name: [p.strip() for p in params.split(",") if p.strip()] for name, params in rows}
 
 
 @contextmanager
@@ -117,7 +100,7 @@ def functions_in(conn, schemas=SCHEMAS) -> list[dict]:
     """Every function in schemas, with `executors`: which of EXECUTORS may execute it."""
     return conn.execute(
         "select p.oid::regprocedure::text as signature, p.proname, p.proargnames,"
-        " p.proconfig, p.prosecdef, n.nspname,"
+        " p.pronargdefaults, p.proconfig, p.prosecdef, n.nspname,"
         " array(select r from unnest(%s::text[]) r"
         "       where has_function_privilege(r, p.oid, 'EXECUTE')) as executors"
         " from pg_proc p join pg_namespace n on n.oid = p.pronamespace"
@@ -259,13 +242,18 @@ def test_rls_is_enabled_on_every_table_and_views_check_the_caller(conn):
         assert "security_invoker=true" in (view["reloptions"] or []), view
 
 
-def test_the_sql_surface_has_the_documented_names_and_parameters(conn):
-    """docs/sql.md: each function exists once with the documented parameter names in order."""
-    found = {f["proname"]: f for f in functions_in(conn, ["public"])}
+def test_the_sql_reference_documents_every_public_function_as_it_is(conn):
+    """docs/sql.md is the SQL surface: every function in public is there once, with its
+    parameter names in order and a default exactly where the function has one."""
+    documented = documented_functions()
+    functions = functions_in(conn, ["public"])
+    names = [f["proname"] for f in functions]
+    assert sorted(names) == sorted(documented), "docs/sql.md and pg_proc list other functions"
 
-    for name, params in SQL_SURFACE.items():
-        assert name in found, f"missing function {name}"
-        assert found[name]["proargnames"][: len(params)] == params, name
+    for function in functions:
+        params = documented[function["proname"]]
+        assert [p.split(" = ")[0] for p in params] == function["proargnames"], params
+        assert sum(" = " in p for p in params) == function["pronargdefaults"], params
 
 
 def test_data_api_roles_hold_only_read_privileges(conn):
@@ -296,7 +284,7 @@ def test_only_the_server_may_execute_functions(conn):
     anon, authenticated nor PUBLIC); those in credit_jobs_internal by none of them. Checked for
     whatever pg_proc holds, so a new function without its revoke/grant fails here."""
     functions = functions_in(conn)
-    assert set(SQL_SURFACE) <= {f["proname"] for f in functions}
+    assert set(documented_functions()) <= {f["proname"] for f in functions}
 
     wrong = {
         f["signature"]: f["executors"]
