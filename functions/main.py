@@ -210,7 +210,7 @@ def _pipeline_callback(request: flask.Request) -> dict:
         report=report.status,
         outcome=applied["outcome"],
     )
-    if applied["outcome"] == "applied" and job["status"] == "failed":
+    if applied["outcome"] == "refunded":
         log_event("job_refunded", job_id=job["id"], attempt=report.attempt, outcome="refunded")
     return applied
 

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import psycopg
 
 from bench.harness import Context, Series, user_id
+from shared.dev.tokens import mint_token
 from shared.push.webhooks import sign
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -45,8 +45,7 @@ class HttpStatusError(Exception):
 
 
 def _token(n: int) -> str:
-    claims = {"sub": str(user_id(n)), "aud": "authenticated", "role": "authenticated"}
-    return jwt.encode({**claims, "exp": int(time.time()) + 3600}, JWT_SECRET, "HS256")
+    return mint_token(user_id(n), JWT_SECRET)
 
 
 def generate_op(conn: None, client_id: int, params: dict[str, Any]) -> Callable[[], str | None]:

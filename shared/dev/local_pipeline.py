@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from shared.core.log import log_event
+from shared.dev.demo_handlers import story_result
 from shared.push.dispatch import DispatchError
 from shared.push.webhooks import sign
 
@@ -136,6 +137,5 @@ def demo_result(job: dict) -> dict:
     """A small, deterministic stand-in for what a real generation would return."""
     params = job.get("params") or {}
     if job["kind"] == "story":
-        topic = str(params.get("prompt") or "a robot who learns to paint")[:200]
-        return {"story": f"Once upon a time there was {topic}. It tried, failed, and tried again."}
+        return story_result(params)
     return {"kind": job["kind"], "echo": params}

@@ -19,13 +19,11 @@ import shlex
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterable, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import functions_framework
-import jwt
 import psycopg
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -37,6 +35,7 @@ from shared.core import log
 from shared.core.settings import ConfigurationError, Settings
 from shared.dev.embedded import PGDATA_NAME, start_embedded
 from shared.dev.local_pipeline import LocalPipeline
+from shared.dev.tokens import mint_token
 from shared.migrate import migrate
 
 if TYPE_CHECKING:
@@ -121,18 +120,13 @@ def seed(url: str) -> bool:
 
 
 def demo_token(secret: str, issuer: str | None = None) -> str:
-    now = int(time.time())
-    claims = {
-        "sub": DEMO_USER_ID,
-        "email": DEMO_EMAIL,
-        "aud": "authenticated",
-        "role": "authenticated",
-        "iat": now,
-        "exp": now + DEMO_TOKEN_DAYS * 86400,
-    }
-    if issuer:
-        claims["iss"] = issuer
-    return jwt.encode(claims, secret, algorithm="HS256")
+    return mint_token(
+        DEMO_USER_ID,
+        secret,
+        lifetime_seconds=DEMO_TOKEN_DAYS * 86400,
+        email=DEMO_EMAIL,
+        iss=issuer,
+    )
 
 
 def build_app(targets: Iterable[str] = TARGETS) -> DispatcherMiddleware:

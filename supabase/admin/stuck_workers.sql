@@ -34,8 +34,9 @@ join public.job_kinds k on k.kind = j.kind
 where j.status = 'pending' and j.pushed and j.lease_expires_at < now()
 order by j.dispatched_at;
 
--- 4. Reap now instead of waiting for the next run: returns {reaped, retried}.
--- select public.reap_stalled_jobs(1000);
+-- 4. Reap now instead of waiting for the next run: returns {reaped, retried}, at most 100 jobs
+--    a call (short account locks); run it again while reaped is 100.
+-- select public.reap_stalled_jobs();
 
 -- 5. Is the pg_cron reaper running? (Only where pg_cron is installed.)
 -- select status, return_message, start_time

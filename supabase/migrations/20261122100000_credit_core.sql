@@ -1,7 +1,5 @@
 -- credit-jobs money core: accounts, ledger, job kinds, projects, steps, jobs, and every function
--- that moves credits. Business errors raise SQLSTATE CJ0xx (see docs/errors.md):
---   CJ001 insufficient_credits  CJ002 unknown_kind     CJ003 not_found   CJ004 invalid_transition
---   CJ005 stale_attempt         CJ006 idempotency_key_reused              CJ007 invalid_argument
+-- that moves credits. Business errors raise SQLSTATE CJ0xx, listed in docs/errors.md.
 -- Money functions validate input, then lock (job row before account row, always), then write.
 
 -- Internal helpers live outside `public` so the Data API never exposes them.

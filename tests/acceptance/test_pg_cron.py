@@ -39,8 +39,8 @@ pytestmark = pytest.mark.acceptance
 
 DATABASE = "credit_jobs"
 JOB_NAME = "credit-jobs-reap-stalled"
-REAP_COMMAND = "select public.reap_stalled_jobs(1000)"
-WORKERS_MIGRATION = DEFAULT_DIR / "20261122120000_workers_and_maintenance.sql"
+REAP_COMMAND = "select public.reap_stalled_jobs()"
+SCHEDULE_MIGRATION = DEFAULT_DIR / "20261201101000_cron_reap_batch.sql"
 # pg_cron 1.4 (Debian 12) schedules by the minute: a run comes within 60 s, plus slack.
 CRON_WAIT = 75.0
 COST = 10
@@ -125,8 +125,8 @@ def test_pg_cron_reaps_a_stalled_job_and_refunds_it(cron_server: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         expected = [("* * * * *", REAP_COMMAND, DATABASE, "postgres")]
         assert cron_jobs(conn) == expected
-        # The migration's pg_cron step again: scheduling by name replaces, never duplicates.
-        conn.execute(split_statements(WORKERS_MIGRATION.read_text())[-1].encode())
+        # The latest schedule again: scheduling by name replaces, never duplicates.
+        conn.execute(split_statements(SCHEDULE_MIGRATION.read_text())[-1].encode())
         assert cron_jobs(conn) == expected
 
         # A worker claimed a job of a kind without retries, then stopped heartbeating.

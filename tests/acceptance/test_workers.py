@@ -22,15 +22,14 @@ import psycopg
 import pytest
 
 from tests.integration.sqlfns import (
-    CJ_STALE_ATTEMPT,
     add_kind,
+    assert_late_reports_refused,
     balance,
     call,
     create_job,
     discrepancies,
     job_row,
     ledger_for_job,
-    raises_sqlstate,
 )
 
 pytestmark = pytest.mark.acceptance
@@ -280,10 +279,7 @@ def test_a_frozen_worker_is_fenced_off_when_another_takes_over(conn, make_user, 
     [a_done] = a.events("job_done")
     assert a_done["outcome"] in ("dropped", "lost")
     # ...and the database would refuse it anyway: a late completion never overwrites attempt 2.
-    with raises_sqlstate(CJ_STALE_ATTEMPT):
-        call(conn, "complete_job", job_id=job["id"], attempt=1, result={"late": True})
-    with raises_sqlstate(CJ_STALE_ATTEMPT):
-        call(conn, "heartbeat_job", job_id=job["id"], attempt=1, progress=99)
+    assert_late_reports_refused(conn, job["id"], 1, "stale_attempt")
 
     row = job_row(conn, job["id"])
     assert (row["status"], row["attempt"]) == (b_outcome, 2)

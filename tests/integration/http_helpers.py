@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import functions_framework
-import jwt
 import pytest
 
 from shared.api import services as app
 from shared.core.settings import ENVIRONMENT_VARIABLES
+from shared.dev.tokens import mint_token
 from shared.push.webhooks import sign
 
 SOURCE = str(Path(__file__).resolve().parents[2] / "functions" / "main.py")
@@ -33,17 +32,8 @@ CALLBACK_URL = "http://127.0.0.1:9/status"
 
 
 def token(user_id: uuid.UUID | str, *, secret: str = JWT_SECRET, **claims: Any) -> str:
-    """A Supabase-shaped access token (HS256) for user_id; claims override the defaults."""
-    now = int(time.time())
-    payload = {
-        "sub": str(user_id),
-        "aud": "authenticated",
-        "role": "authenticated",
-        "iat": now,
-        "exp": now + 3600,
-        **claims,
-    }
-    return jwt.encode({k: v for k, v in payload.items() if v is not None}, secret, "HS256")
+    """An access token for user_id signed with the functions' test secret."""
+    return mint_token(user_id, secret, **claims)
 
 
 class Api:
@@ -112,14 +102,3 @@ def http_api(monkeypatch: pytest.MonkeyPatch, db_url: str, **env: str) -> Iterat
         yield Api()
     finally:
         app.reset()
-
-
-def add_kind(conn, kind: str = "story", cost: int = 5, **columns: Any) -> str:
-    """Job kinds are not seeded by migrations: each test inserts its own."""
-    values = {"kind": kind, "cost": cost, **columns}
-    names = ", ".join(values)
-    placeholders = ", ".join(["%s"] * len(values))
-    conn.execute(
-        f"insert into public.job_kinds ({names}) values ({placeholders})", list(values.values())
-    )
-    return kind

@@ -13,16 +13,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
-CJ_INSUFFICIENT_CREDITS = "CJ001"
-CJ_UNKNOWN_KIND = "CJ002"
-CJ_NOT_FOUND = "CJ003"
-CJ_INVALID_TRANSITION = "CJ004"
-CJ_STALE_ATTEMPT = "CJ005"
-CJ_IDEMPOTENCY_KEY_REUSED = "CJ006"
-CJ_INVALID_ARGUMENT = "CJ007"
+from shared.core.errors import SQLSTATE_ERRORS
 
 
 def call(conn: psycopg.Connection, function: str, **params: Any) -> dict:
@@ -37,19 +32,36 @@ def call(conn: psycopg.Connection, function: str, **params: Any) -> dict:
         return cur.fetchone()[0]
 
 
-def outcome_or_sqlstate(conn: psycopg.Connection, function: str, **params: Any) -> str:
-    """The call's `outcome`, or the SQLSTATE it raised (for tallying racing calls)."""
+def error_code(error: psycopg.Error) -> str | None:
+    """The API error code (shared.core.errors) of a business error, else the raw SQLSTATE."""
+    known = SQLSTATE_ERRORS.get(error.sqlstate or "")
+    return known[0] if known else error.sqlstate
+
+
+def outcome_or_error(conn: psycopg.Connection, function: str, **params: Any) -> str:
+    """The call's `outcome`, or the error code it raised (for tallying racing calls)."""
     try:
         return call(conn, function, **params)["outcome"]
     except psycopg.Error as e:
-        return e.sqlstate
+        return error_code(e)
 
 
 @contextmanager
-def raises_sqlstate(sqlstate: str) -> Iterator[pytest.ExceptionInfo]:
+def raises_error(code: str) -> Iterator[pytest.ExceptionInfo]:
+    """Expect the business error `code` (e.g. "invalid_transition"), or another by SQLSTATE."""
     with pytest.raises(psycopg.Error) as info:
         yield info
-    assert info.value.sqlstate == sqlstate, f"expected {sqlstate}, got {info.value!r}"
+    assert error_code(info.value) == code, f"expected {code}, got {info.value!r}"
+
+
+def assert_late_reports_refused(
+    conn: psycopg.Connection, job_id: Any, attempt: int, code: str
+) -> None:
+    """A late completion and a late heartbeat of `attempt` are both refused with `code`."""
+    late = {"complete_job": {"result": {"late": True}}, "heartbeat_job": {"progress": 99}}
+    for function, params in late.items():
+        with raises_error(code):
+            call(conn, function, job_id=job_id, attempt=attempt, **params)
 
 
 def connect(db_url: str) -> psycopg.Connection:
@@ -84,19 +96,17 @@ def race(db_url: str, n: int, action: Callable[[psycopg.Connection, int], str]) 
 
 
 def add_kind(
-    conn: psycopg.Connection,
-    kind: str,
-    cost: int,
-    *,
-    max_attempts: int = 3,
-    lease_seconds: int = 300,
-    retry_delay_seconds: int = 0,
+    conn: psycopg.Connection, kind: str, cost: int, *, retry_delay_seconds: int = 0, **columns: Any
 ) -> str:
+    """Insert a job kind (migrations seed none); other columns keep the table's defaults, except
+    that a retry is due at once unless the test asks for a delay."""
+    values = {"kind": kind, "cost": cost, "retry_delay_seconds": retry_delay_seconds, **columns}
     conn.execute(
-        "insert into public.job_kinds"
-        " (kind, cost, max_attempts, lease_seconds, retry_delay_seconds)"
-        " values (%s, %s, %s, %s, %s)",
-        (kind, cost, max_attempts, lease_seconds, retry_delay_seconds),
+        sql.SQL("insert into public.job_kinds ({}) values ({})").format(
+            sql.SQL(", ").join(map(sql.Identifier, values)),
+            sql.SQL(", ").join(sql.Placeholder() * len(values)),
+        ),
+        list(values.values()),
     )
     return kind
 

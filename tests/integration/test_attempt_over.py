@@ -6,15 +6,14 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.sqlfns import (
-    CJ_STALE_ATTEMPT,
     add_kind,
+    assert_late_reports_refused,
     balance,
     call,
     claim_one,
     create_job,
     job_row,
     ledger_for_job,
-    raises_sqlstate,
 )
 
 pytestmark = pytest.mark.integration
@@ -36,10 +35,7 @@ def retried_job(conn, make_user):
 
 def test_late_heartbeat_and_completion_of_a_retried_attempt_are_stale(conn, retried_job):
     user, job_id = retried_job
-    with raises_sqlstate(CJ_STALE_ATTEMPT):
-        call(conn, "heartbeat_job", job_id=job_id, attempt=1, progress=50)
-    with raises_sqlstate(CJ_STALE_ATTEMPT):
-        call(conn, "complete_job", job_id=job_id, attempt=1, result={"late": True})
+    assert_late_reports_refused(conn, job_id, 1, "stale_attempt")
     assert job_row(conn, job_id)["status"] == "pending"
     assert balance(conn, user) == 0
 

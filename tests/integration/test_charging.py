@@ -7,19 +7,15 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from tests.integration.sqlfns import (
-    CJ_IDEMPOTENCY_KEY_REUSED,
-    CJ_INSUFFICIENT_CREDITS,
-    CJ_INVALID_ARGUMENT,
-    CJ_NOT_FOUND,
-    CJ_UNKNOWN_KIND,
     add_kind,
     balance,
     call,
     create_job,
     discrepancies,
+    error_code,
     ledger_for_job,
     race,
-    raises_sqlstate,
+    raises_error,
     unpaid_or_orphan_charges,
 )
 
@@ -77,7 +73,7 @@ def test_create_job_that_fails_midway_leaves_no_charge_and_no_job(
     ledger_before = count(conn, "credit_ledger")
     conn.execute(sabotage)
 
-    with raises_sqlstate(sqlstate):
+    with raises_error(sqlstate):
         create_job(conn, user, "image", params=params)
 
     assert balance(conn, user) == 20
@@ -94,17 +90,17 @@ def test_create_job_rejects_bad_requests_before_charging(conn, make_user):
     poor = make_user(6)
     ledger_before = count(conn, "credit_ledger")
 
-    with raises_sqlstate(CJ_NOT_FOUND):
+    with raises_error("not_found"):
         create_job(conn, user, "image", project_id="00000000-0000-0000-0000-000000000000")
-    with raises_sqlstate(CJ_NOT_FOUND):
+    with raises_error("not_found"):
         create_job(conn, user, "image", project_id=others_project)
-    with raises_sqlstate(CJ_UNKNOWN_KIND):
+    with raises_error("unknown_kind"):
         create_job(conn, user, "no_such_kind")
-    with raises_sqlstate(CJ_INVALID_ARGUMENT):
+    with raises_error("invalid_argument"):
         create_job(conn, user, "image", params=Jsonb(["not", "an", "object"]))
-    with raises_sqlstate(CJ_INVALID_ARGUMENT):
+    with raises_error("invalid_argument"):
         create_job(conn, user, "image", step_number=0)
-    with raises_sqlstate(CJ_INSUFFICIENT_CREDITS):
+    with raises_error("insufficient_credits"):
         create_job(conn, poor, "image")
 
     assert balance(conn, user) == 20 and balance(conn, poor) == 6
@@ -121,7 +117,7 @@ def test_every_job_has_exactly_one_charge_and_every_charge_a_job(conn, make_user
         try:
             create_job(conn, user, kind)
         except psycopg.Error as e:
-            assert e.sqlstate == CJ_INSUFFICIENT_CREDITS
+            assert error_code(e) == "insufficient_credits"
 
     assert count(conn, "jobs") == 5
     assert balance(conn, user) == 1
@@ -140,11 +136,11 @@ def test_parallel_create_job_never_overdraws(conn, db_url, make_user):
             create_job(c, user, "image")
             return "created"
         except psycopg.Error as e:
-            return e.sqlstate
+            return error_code(e)
 
     outcomes = race(db_url, 24, create)
 
-    assert outcomes == {"created": 5, CJ_INSUFFICIENT_CREDITS: 19}
+    assert outcomes == {"created": 5, "insufficient_credits": 19}
     assert count(conn, "jobs") == 5
     assert balance(conn, user) == 5
     assert unpaid_or_orphan_charges(conn) == []
@@ -174,9 +170,9 @@ def test_same_idempotency_key_for_a_different_request_is_rejected(conn, make_use
     user, other = make_user(20), make_user(20)
     create_job(conn, user, "image", params={"p": 1}, idempotency_key="k-1")
 
-    with raises_sqlstate(CJ_IDEMPOTENCY_KEY_REUSED):
+    with raises_error("idempotency_key_reused"):
         create_job(conn, user, "image", params={"p": 2}, idempotency_key="k-1")
-    with raises_sqlstate(CJ_IDEMPOTENCY_KEY_REUSED):
+    with raises_error("idempotency_key_reused"):
         create_job(conn, user, "video", params={"p": 1}, idempotency_key="k-1")
     assert balance(conn, user) == 15
 
@@ -213,13 +209,13 @@ def test_admin_grant_credits_moves_balance_both_ways_but_never_below_zero(conn, 
 
     assert (granted["balance"], granted["outcome"]) == (50, "applied")
     assert deducted["balance"] == 30 == balance(conn, user)
-    with raises_sqlstate(CJ_INSUFFICIENT_CREDITS):
+    with raises_error("insufficient_credits"):
         call(conn, "admin_grant_credits", user_id=user, amount=-31, reason="too much")
-    with raises_sqlstate(CJ_INVALID_ARGUMENT):
+    with raises_error("invalid_argument"):
         call(conn, "admin_grant_credits", user_id=user, amount=0, reason="nothing")
-    with raises_sqlstate(CJ_INVALID_ARGUMENT):
+    with raises_error("invalid_argument"):
         call(conn, "admin_grant_credits", user_id=user, amount=5, reason=" ")
-    with raises_sqlstate(CJ_NOT_FOUND):
+    with raises_error("not_found"):
         call(
             conn,
             "admin_grant_credits",

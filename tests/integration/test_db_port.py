@@ -14,7 +14,8 @@ from shared.core import db as db_module
 from shared.core.db import Json, PostgresDatabase, close_pools
 from shared.core.errors import ApiError
 from tests.fake_http import closed_port_url, fake_server
-from tests.integration.http_helpers import add_kind, http_api
+from tests.integration.http_helpers import http_api
+from tests.integration.sqlfns import add_kind
 
 
 @pytest.fixture

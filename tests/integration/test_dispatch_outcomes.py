@@ -20,8 +20,8 @@ from shared.push import dispatch
 from shared.push.dispatch import Pipelines, WebhookDispatcher
 from shared.push.maintenance import run_maintenance
 from tests.fake_http import fake_server
-from tests.integration.http_helpers import CALLBACK_URL, WEBHOOK_SECRET, add_kind, http_api
-from tests.integration.sqlfns import balance, job_row, ledger_for_job
+from tests.integration.http_helpers import CALLBACK_URL, WEBHOOK_SECRET, http_api
+from tests.integration.sqlfns import add_kind, balance, job_row, ledger_for_job
 
 
 def entries(conn, job_id) -> list[str]:

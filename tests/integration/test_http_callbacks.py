@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
+import logging
 import uuid
 
 import pytest
 
 from shared.push.webhooks import verify
 from tests.fake_http import fake_server
-from tests.integration.http_helpers import CALLBACK_URL, WEBHOOK_SECRET, add_kind, http_api
+from tests.integration.http_helpers import CALLBACK_URL, WEBHOOK_SECRET, http_api
+from tests.integration.sqlfns import add_kind, balance
 
 OTHER_SECRET = "whsec_" + base64.b64encode(b"another test-only secret, 32 b!!").decode()
 
@@ -41,13 +44,6 @@ def report(job, **fields):
     return {"job_id": job["id"], "attempt": job["attempt"], **fields}
 
 
-def balance_of(conn, user_id) -> int:
-    row = conn.execute(
-        "select balance from public.credit_accounts where user_id = %s", (user_id,)
-    ).fetchone()
-    return row["balance"]
-
-
 def test_generate_dispatches_a_signed_payload_to_the_pipeline(job, pipeline):
     assert job["attempt"] == 1 and job["status"] == "pending"
     [request] = pipeline.requests
@@ -75,13 +71,13 @@ def test_processing_then_completed_then_replay(api, job, conn):
     assert completed.json["outcome"] == "applied"
     assert completed.json["job"]["status"] == "completed"
     assert completed.json["job"]["credits_used"] == 7
-    assert balance_of(conn, job["user_id"]) == 3  # partial capture: 3 of 10 back
+    assert balance(conn, job["user_id"]) == 3  # partial capture: 3 of 10 back
 
     replay = api.callback(done)
     assert replay.status_code == 200 and replay.json["outcome"] == "duplicate"
     late_progress = api.callback(report(job, status="processing", progress=90))
     assert late_progress.status_code == 200 and late_progress.json["outcome"] == "duplicate"
-    assert balance_of(conn, job["user_id"]) == 3
+    assert balance(conn, job["user_id"]) == 3
 
     history = api.get("history", user=job["user_id"]).json["items"]
     assert [(j["id"], j["status"], j["result"]) for j in history] == [
@@ -94,26 +90,35 @@ def test_any_json_result_is_stored(api, job):
     assert completed.json["job"]["result"] == ["a", 1, None]
 
 
-def test_failed_refunds_once_and_replay_is_duplicate(api, job, conn):
+def refund_events(caplog) -> list[dict]:
+    events = (json.loads(r.message) for r in caplog.records if r.name == "credit_jobs.events")
+    return [e for e in events if e["event"] == "job_refunded"]
+
+
+def test_failed_refunds_once_and_replay_is_duplicate(api, job, conn, caplog):
     failed = report(job, status="failed", error="model crashed", retryable=False)
-    first = api.callback(failed)
-    assert first.status_code == 200 and first.json["outcome"] == "applied"
+    with caplog.at_level(logging.INFO, logger="credit_jobs.events"):
+        first = api.callback(failed)
+    assert [e["job_id"] for e in refund_events(caplog)] == [job["id"]]
+    assert first.status_code == 200 and first.json["outcome"] == "refunded"
     assert first.json["job"]["status"] == "failed"
     assert first.json["job"]["error_message"] == "model crashed"
-    assert balance_of(conn, job["user_id"]) == 10
+    assert balance(conn, job["user_id"]) == 10
     again = api.callback(failed)
     assert again.status_code == 200 and again.json["outcome"] == "duplicate"
-    assert balance_of(conn, job["user_id"]) == 10
+    assert balance(conn, job["user_id"]) == 10
     late = api.callback(report(job, status="completed", result={}))
     assert late.status_code == 409 and late.json["error"]["code"] == "invalid_transition"
 
 
-def test_retryable_failure_ends_the_attempt(api, job, conn):
+def test_retryable_failure_ends_the_attempt(api, job, conn, caplog):
     failed = report(job, status="failed", error="busy", retryable=True)
-    retried = api.callback(failed)
+    with caplog.at_level(logging.INFO, logger="credit_jobs.events"):
+        retried = api.callback(failed)
     assert retried.status_code == 200 and retried.json["outcome"] == "applied"
+    assert refund_events(caplog) == []
     assert retried.json["job"]["status"] == "pending"
-    assert balance_of(conn, job["user_id"]) == 0  # still charged: another attempt will run
+    assert balance(conn, job["user_id"]) == 0  # still charged: another attempt will run
     assert api.callback(failed).json["outcome"] == "duplicate"
     late = api.callback(report(job, status="processing", progress=50))
     assert late.status_code == 409 and late.json["error"]["code"] == "stale_attempt"
@@ -242,4 +247,4 @@ def test_prefect_dispatch_creates_a_flow_run_per_attempt(monkeypatch, db_url, co
     # a kind with no deployment cannot be dispatched: refunded at once
     assert unmapped.status_code == 503
     assert unmapped.json["job"]["status"] == "failed"
-    assert balance_of(conn, user) == 4
+    assert balance(conn, user) == 4

@@ -10,22 +10,16 @@ from tests.fake_http import closed_port_url, fake_server
 from tests.integration.http_helpers import (
     ALLOWED_ORIGIN,
     MAINTENANCE_TOKEN,
-    add_kind,
     http_api,
     token,
 )
+from tests.integration.sqlfns import add_kind, balance
 
 
 @pytest.fixture
 def api(monkeypatch, db_url):
     with http_api(monkeypatch, db_url) as client:
         yield client
-
-
-def balance_of(conn, user_id) -> int:
-    return conn.execute(
-        "select balance from public.credit_accounts where user_id = %s", (user_id,)
-    ).fetchone()["balance"]
 
 
 # --- generate -----------------------------------------------------------------------------------
@@ -59,7 +53,7 @@ def test_generate_charges_and_creates_a_pending_job(api, conn, make_user):
         "started_at",
         "finished_at",
     }
-    assert balance_of(conn, user) == 7
+    assert balance(conn, user) == 7
 
 
 def test_generate_without_enough_credits_is_402(api, conn, make_user):
@@ -68,7 +62,7 @@ def test_generate_without_enough_credits_is_402(api, conn, make_user):
     response = api.post("generate", user=user, json_body={"kind": "story"})
     assert response.status_code == 402
     assert response.json["error"]["code"] == "insufficient_credits"
-    assert balance_of(conn, user) == 4
+    assert balance(conn, user) == 4
 
 
 def test_generate_unknown_kind_is_400(api, make_user):
@@ -129,7 +123,7 @@ def test_generate_replay_with_the_same_idempotency_key_charges_once(api, conn, m
     assert again.status_code == 200
     assert again.json["replayed"] is True
     assert again.json["job"]["id"] == first.json["job"]["id"]
-    assert balance_of(conn, user) == 15
+    assert balance(conn, user) == 15
 
 
 def test_generate_reusing_an_idempotency_key_for_another_request_is_422(api, conn, make_user):
@@ -142,7 +136,7 @@ def test_generate_reusing_an_idempotency_key_for_another_request_is_422(api, con
     )
     assert reused.status_code == 422
     assert reused.json["error"]["code"] == "idempotency_key_reused"
-    assert balance_of(conn, user) == 15
+    assert balance(conn, user) == 15
 
 
 def test_generate_in_another_users_project_is_404(api, conn, make_user):
@@ -153,7 +147,7 @@ def test_generate_in_another_users_project_is_404(api, conn, make_user):
         "generate", user=intruder, json_body={"kind": "story", "project_id": project["id"]}
     )
     assert response.status_code == 404
-    assert balance_of(conn, intruder) == 10
+    assert balance(conn, intruder) == 10
 
 
 # --- authentication -----------------------------------------------------------------------------
@@ -254,7 +248,7 @@ def test_cancel_refunds_once_and_404s_for_another_user(api, conn, make_user):
     assert cancelled.json["balance"] == 10
     again = api.post("cancel", user=user, json_body={"job_id": job["id"]})
     assert again.status_code == 200 and again.json["balance"] == 10
-    assert balance_of(conn, user) == 10
+    assert balance(conn, user) == 10
 
 
 # --- projects, steps, credits ---------------------------------------------------------------------
@@ -355,7 +349,7 @@ def test_maintenance_needs_its_token_and_reaps(api, conn, make_user):
     response = api.post("maintenance", headers={"Authorization": f"Bearer {MAINTENANCE_TOKEN}"})
     assert response.status_code == 200
     assert response.json == {"reaped": 1, "retried": 0, "redispatched": 0, "unstarted_failed": 0}
-    assert balance_of(conn, user) == 5
+    assert balance(conn, user) == 5
 
 
 # --- dispatch failure -----------------------------------------------------------------------------
@@ -375,7 +369,7 @@ def test_dispatch_failure_fails_and_refunds_the_job_with_503(
     assert response.json["error"]["code"] == "pipeline_unavailable"
     job = response.json["job"]
     assert job["status"] == "failed" and job["refunded"] == 5
-    assert balance_of(conn, user) == 5
+    assert balance(conn, user) == 5
     refunds = conn.execute(
         "select count(*) as n from public.credit_ledger"
         " where job_id = %s and entry_type = 'refund'",

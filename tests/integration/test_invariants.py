@@ -2,8 +2,9 @@
 
 Eight threads, each with its own connection, run random creates, claims, heartbeats, completions,
 failures, cancels, refunds, reaps (with leases forced to expire) and grants for a few seconds.
-Business errors (CJ0xx) are expected and counted; anything else (a deadlock, a unique violation
-leaking out, a check violation) fails the test. Afterwards every money invariant must hold.
+Business errors (shared.core.errors.SQLSTATE_ERRORS) are expected and counted; anything else (a
+deadlock, a unique violation leaking out, a check violation) fails the test. Afterwards every
+money invariant must hold.
 Set CJ_RANDOM_SEED to replay a run's choices (thread timing still varies).
 """
 
@@ -18,12 +19,14 @@ from collections import Counter
 import psycopg
 import pytest
 
+from shared.core.errors import SQLSTATE_ERRORS
 from tests.integration.sqlfns import (
     add_kind,
     broken_balance_after_chain,
     call,
     connect,
     discrepancies,
+    error_code,
     unpaid_or_orphan_charges,
 )
 
@@ -138,9 +141,9 @@ def one_operation(conn: psycopg.Connection, work: Workload, rng: random.Random) 
                 call(conn, "admin_grant_credits", user_id=user, amount=amount, reason="random")
                 outcome = "applied"
     except psycopg.Error as e:
-        outcome = e.sqlstate or "no sqlstate"
-        if not outcome.startswith("CJ"):
+        if e.sqlstate not in SQLSTATE_ERRORS:
             work.unexpected.append(f"{op}: {e!r}")
+        outcome = error_code(e) or "no sqlstate"
     work.record(op, outcome)
 
 

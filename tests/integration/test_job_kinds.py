@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.sqlfns import CJ_INVALID_TRANSITION, add_kind, create_job, raises_sqlstate
+from tests.integration.sqlfns import add_kind, create_job, raises_error
 
 pytestmark = pytest.mark.integration
 
@@ -12,9 +12,9 @@ pytestmark = pytest.mark.integration
 def test_a_kind_with_jobs_cannot_be_deleted_or_renamed(conn, make_user):
     add_kind(conn, "story", cost=10)
     create_job(conn, make_user(balance=10), "story")
-    with raises_sqlstate(CJ_INVALID_TRANSITION):
+    with raises_error("invalid_transition"):
         conn.execute("delete from public.job_kinds where kind = 'story'")
-    with raises_sqlstate(CJ_INVALID_TRANSITION):
+    with raises_error("invalid_transition"):
         conn.execute("update public.job_kinds set kind = 'tale' where kind = 'story'")
 
 

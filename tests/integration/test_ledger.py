@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.sqlfns import (
-    CJ_INVALID_TRANSITION,
     add_kind,
     balance,
     broken_balance_after_chain,
@@ -13,7 +12,7 @@ from tests.integration.sqlfns import (
     claim_one,
     create_job,
     discrepancies,
-    raises_sqlstate,
+    raises_error,
 )
 
 pytestmark = pytest.mark.integration
@@ -33,7 +32,7 @@ def test_ledger_rejects_every_change_even_from_the_owner(conn, make_user, statem
     """G7: ledger entries are immutable: UPDATE, DELETE and TRUNCATE fail, even as the superuser."""
     make_user(10)
 
-    with raises_sqlstate(CJ_INVALID_TRANSITION):
+    with raises_error("invalid_transition"):
         conn.execute(statement)
 
     rows = conn.execute("select amount, reason from public.credit_ledger").fetchall()

@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
+import typing
+
 import psycopg
 import pytest
 
+from shared.api.models import JobStatus
 from tests.integration.sqlfns import (
-    CJ_INVALID_ARGUMENT,
-    CJ_INVALID_TRANSITION,
-    CJ_STALE_ATTEMPT,
     add_kind,
+    assert_late_reports_refused,
     balance,
     call,
     claim,
@@ -20,12 +21,10 @@ from tests.integration.sqlfns import (
     expire_lease,
     job_row,
     ledger_for_job,
-    raises_sqlstate,
+    raises_error,
 )
 
 pytestmark = pytest.mark.integration
-
-STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
 
 
 def seconds_until(conn: psycopg.Connection, column: str, job_id) -> float:
@@ -55,10 +54,7 @@ def test_late_completion_never_overwrites_failed(conn, make_user):
     job = claim_one(conn, "image")
     call(conn, "fail_job", job_id=job["id"], attempt=1, error="gpu lost")
 
-    with raises_sqlstate(CJ_INVALID_TRANSITION):
-        call(conn, "complete_job", job_id=job["id"], attempt=1, result={"late": True})
-    with raises_sqlstate(CJ_INVALID_TRANSITION):
-        call(conn, "heartbeat_job", job_id=job["id"], attempt=1)
+    assert_late_reports_refused(conn, job["id"], 1, "invalid_transition")
 
     assert job_row(conn, job["id"])["status"] == "failed"
     assert ledger_for_job(conn, job["id"]) == [("charge", -10), ("refund", 10)]
@@ -73,10 +69,10 @@ def test_no_raw_update_moves_a_job_out_of_a_terminal_state(conn, make_user):
     jobs = jobs_in_every_terminal_state(conn, user)
 
     for status, job in jobs.items():
-        for target in STATUSES:
+        for target in typing.get_args(JobStatus):
             if target == status:
                 continue
-            with raises_sqlstate(CJ_INVALID_TRANSITION):
+            with raises_error("invalid_transition"):
                 conn.execute(
                     "update public.jobs set status = %s, finished_at = case when %s"
                     " in ('pending', 'processing') then null else finished_at end where id = %s",
@@ -88,7 +84,7 @@ def test_no_raw_update_moves_a_job_out_of_a_terminal_state(conn, make_user):
             "cost = cost + 1",
             "attempt = 9",
         ):
-            with raises_sqlstate(CJ_INVALID_TRANSITION):
+            with raises_error("invalid_transition"):
                 conn.execute(f"update public.jobs set {money} where id = %s", (job["id"],))
         assert job_row(conn, job["id"])["status"] == status
 
@@ -125,7 +121,7 @@ def test_attempt_never_goes_back(conn, make_user):
     create_job(conn, user, "image")
     job = claim_one(conn, "image")
 
-    with raises_sqlstate(CJ_INVALID_TRANSITION):
+    with raises_error("invalid_transition"):
         conn.execute("update public.jobs set attempt = 0 where id = %s", (job["id"],))
 
 
@@ -148,7 +144,7 @@ def test_reports_for_an_older_attempt_are_rejected_and_change_nothing(conn, make
     ]
     for attempt in (1, 3):
         for function, params in stale_reports:
-            with raises_sqlstate(CJ_STALE_ATTEMPT):
+            with raises_error("stale_attempt"):
                 call(conn, function, job_id=job["id"], attempt=attempt, **params)
 
     assert job_row(conn, job["id"]) == before
@@ -175,7 +171,7 @@ def test_claim_starts_a_new_attempt_with_the_kinds_lease(conn, make_user):
     beat = call(conn, "heartbeat_job", job_id=job["id"], attempt=1, progress=40)
     assert (beat["outcome"], beat["job"]["progress"]) == ("applied", 40)
     assert 119 <= seconds_until(conn, "lease_expires_at", job["id"]) <= 120
-    with raises_sqlstate(CJ_INVALID_ARGUMENT):
+    with raises_error("invalid_argument"):
         call(conn, "heartbeat_job", job_id=job["id"], attempt=1, progress=101)
 
 
@@ -219,10 +215,7 @@ def test_stalled_worker_story(conn, make_user):
     failed = call(conn, "fail_job", job_id=job["id"], attempt=2, error="bad input")
     assert failed["outcome"] == "refunded"
 
-    with raises_sqlstate(CJ_STALE_ATTEMPT):  # worker A wakes up
-        call(conn, "complete_job", job_id=job["id"], attempt=1, result={"late": True})
-    with raises_sqlstate(CJ_STALE_ATTEMPT):
-        call(conn, "heartbeat_job", job_id=job["id"], attempt=1)
+    assert_late_reports_refused(conn, job["id"], 1, "stale_attempt")  # worker A wakes up
 
     assert job_row(conn, job["id"])["status"] == "failed"
     assert ledger_for_job(conn, job["id"]) == [("charge", -10), ("refund", 10)]
@@ -246,7 +239,7 @@ def test_reaping_the_last_attempt_fails_and_refunds(conn, make_user):
     assert "stalled" in row["error_message"]
     assert ledger_for_job(conn, job["id"]) == [("charge", -10), ("refund", 10)]
     assert balance(conn, user) == 10
-    with raises_sqlstate(CJ_INVALID_TRANSITION):
+    with raises_error("invalid_transition"):
         call(conn, "complete_job", job_id=job["id"], attempt=1)
 
 

@@ -22,7 +22,7 @@ from shared.core.db import PostgresDatabase, close_pools
 from shared.migrate import DEFAULT_DIR
 from shared.push import webhooks
 from shared.push.dispatch import Pipelines, WebhookDispatcher
-from shared.push.maintenance import run_maintenance
+from shared.push.maintenance import REAP_BATCH, run_maintenance
 from tests.integration.sqlfns import (
     add_kind,
     balance,
@@ -34,6 +34,7 @@ from tests.integration.sqlfns import (
     job_row,
     ledger_for_job,
     race,
+    raises_error,
 )
 
 pytestmark = pytest.mark.integration
@@ -209,9 +210,8 @@ def test_a_retried_push_job_gets_its_next_attempt_dispatched(
     row = job_row(conn, job["id"])
     assert (row["status"], row["attempt"]) == ("pending", 2)
     # the old attempt is fenced off
-    with pytest.raises(psycopg.Error) as info:
+    with raises_error("stale_attempt"):
         call(conn, "complete_job", job_id=job["id"], attempt=1, result={})
-    assert info.value.sqlstate == "CJ005"
 
 
 def test_queue_jobs_are_never_pushed_and_push_jobs_never_claimed(
@@ -261,9 +261,8 @@ def test_a_paused_kind_is_not_redispatched_but_still_ends_at_its_deadline(
     assert run_maintenance(db, pipelines)["reaped"] == 1
     assert ledger_for_job(conn, job["id"]) == [("charge", -COST), ("refund", COST)]
     assert pipeline.received == []
-    with pytest.raises(psycopg.Error) as info:
+    with raises_error("unknown_kind"):
         create_job(conn, user, story)
-    assert info.value.sqlstate == "CJ002"
     assert call(conn, "pause_job_kind", kind=story, paused=False)["paused"] is False
     assert create_job(conn, user, story)["status"] == "pending"
 
@@ -288,6 +287,15 @@ def test_maintenance_reaps_stalled_workers(conn, db, pipelines, make_user):
     assert ledger_for_job(conn, retried["id"]) == [("charge", -COST)]
     assert job_row(conn, ended["id"])["status"] == "failed"
     assert ledger_for_job(conn, ended["id"]) == [("charge", -COST), ("refund", COST)]
+
+
+def test_every_reaper_takes_batches_of_reap_stalled_jobs_default(conn):
+    """maintenance's REAP_BATCH is reap_stalled_jobs' default, which the pg_cron job calls
+    (tests/acceptance/test_pg_cron.py checks its command)."""
+    arguments = conn.execute(
+        "select pg_get_function_arguments('public.reap_stalled_jobs(integer)'::regprocedure) as a"
+    ).fetchone()["a"]
+    assert arguments == f"p_limit integer DEFAULT {REAP_BATCH}"
 
 
 ADMIN_DIR = DEFAULT_DIR.parent / "admin"

@@ -24,6 +24,7 @@ from shared.migrate import (
 )
 from shared.migrate.__main__ import main
 from tests.helpers import create_database, drop_database
+from tests.integration.sqlfns import balance
 
 FIRST = """-- first: a table and a function whose body holds semicolons
 create table public.widgets (id bigint primary key, label text not null default 'a;b');
@@ -309,8 +310,5 @@ def test_make_user_creates_a_funded_account(conn: psycopg.Connection, make_user)
     if not (DEFAULT_DIR / "20261122100000_credit_core.sql").exists():
         pytest.skip("core migration not present yet")
     user_id = make_user(balance=25)
-    account = conn.execute(
-        "select balance from public.credit_accounts where user_id = %s", (user_id,)
-    ).fetchone()
-    assert account == {"balance": 25}
+    assert balance(conn, user_id) == 25
     assert make_user() != user_id

@@ -20,7 +20,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from tests.fake_http import closed_port_url, fake_server
-from tests.integration.http_helpers import MAINTENANCE_TOKEN, add_kind, http_api, token
+from tests.integration.http_helpers import MAINTENANCE_TOKEN, http_api, token
+from tests.integration.sqlfns import add_kind
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = yaml.safe_load((ROOT / "openapi.yaml").read_text())
@@ -64,6 +65,12 @@ def _validate(response: Any, status: int, pointer: str, where: str) -> dict:
         f"{where} {status}: {'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors
     )
     return response.json
+
+
+def generate(api, user, body: dict, status: int, headers: dict | None = None) -> dict:
+    """POST /generate as user, checked against openapi.yaml."""
+    response = api.post("generate", user=user, json_body=body, headers=headers)
+    return check(response, "/generate", "POST", status)
 
 
 def exported_targets() -> set[str]:
@@ -111,26 +118,10 @@ def test_job_lifecycle_responses_match(api, conn, make_user):
     add_kind(conn, "story", cost=10)
     user = make_user(balance=100)
 
-    created = check(
-        api.post("generate", user=user, json_body={"kind": "story", "params": {"p": "x"}}),
-        "/generate",
-        "POST",
-        201,
-    )
-    job = created["job"]
+    job = generate(api, user, {"kind": "story", "params": {"p": "x"}}, 201)["job"]
     replay_headers = {"Idempotency-Key": "order-1"}
-    check(
-        api.post("generate", user=user, json_body={"kind": "story"}, headers=replay_headers),
-        "/generate",
-        "POST",
-        201,
-    )
-    replayed = check(
-        api.post("generate", user=user, json_body={"kind": "story"}, headers=replay_headers),
-        "/generate",
-        "POST",
-        200,
-    )
+    generate(api, user, {"kind": "story"}, 201, replay_headers)
+    replayed = generate(api, user, {"kind": "story"}, 200, replay_headers)
     assert replayed["replayed"] is True
 
     check(api.get("status", user=user, query={"job_id": job["id"]}), "/status", "GET", 200)
@@ -143,6 +134,9 @@ def test_job_lifecycle_responses_match(api, conn, make_user):
     duplicate = check(api.callback(completed), "/status", "POST", 200)
     assert duplicate["outcome"] == "duplicate"
     check(api.callback({**completed, "attempt": 2}), "/status", "POST", 409)
+    doomed = generate(api, user, {"kind": "story"}, 201)["job"]
+    failed = {"job_id": doomed["id"], "attempt": doomed["attempt"], "status": "failed"}
+    assert check(api.callback(failed), "/status", "POST", 200)["outcome"] == "refunded"
 
     page = check(api.get("history", user=user, query={"limit": 1}), "/history", "GET", 200)
     assert page["next_cursor"] is not None
@@ -203,24 +197,13 @@ def test_error_responses_match(api, conn, make_user):
     check(api.post("generate", json_body={"kind": "story"}), "/generate", "POST", 401)
     expired = {"Authorization": f"Bearer {token(user, exp=1)}"}
     check(api.get("credits", headers=expired), "/credits", "GET", 401)
-    check(api.post("generate", user=user, json_body={"kind": "nope"}), "/generate", "POST", 400)
-    check(api.post("generate", user=user, json_body={"kind": "film"}), "/generate", "POST", 402)
-    check(api.post("generate", user=user, json_body={"kinds": "x"}), "/generate", "POST", 400)
-    huge = {"kind": "story", "params": {"text": "x" * 300_000}}
-    check(api.post("generate", user=user, json_body=huge), "/generate", "POST", 413)
+    generate(api, user, {"kind": "nope"}, 400)
+    generate(api, user, {"kind": "film"}, 402)
+    generate(api, user, {"kinds": "x"}, 400)
+    generate(api, user, {"kind": "story", "params": {"text": "x" * 300_000}}, 413)
     key = {"Idempotency-Key": "k"}
-    check(
-        api.post("generate", user=user, json_body={"kind": "story"}, headers=key),
-        "/generate",
-        "POST",
-        201,
-    )
-    check(
-        api.post("generate", user=user, json_body={"kind": "film"}, headers=key),
-        "/generate",
-        "POST",
-        422,
-    )
+    generate(api, user, {"kind": "story"}, 201, key)
+    generate(api, user, {"kind": "film"}, 422, key)
 
     unknown_job = {"job_id": str(uuid.uuid4())}
     check(api.get("status", user=user, query=unknown_job), "/status", "GET", 404)

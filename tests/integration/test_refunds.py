@@ -6,9 +6,6 @@ import psycopg
 import pytest
 
 from tests.integration.sqlfns import (
-    CJ_INVALID_ARGUMENT,
-    CJ_INVALID_TRANSITION,
-    CJ_NOT_FOUND,
     add_kind,
     balance,
     call,
@@ -18,9 +15,9 @@ from tests.integration.sqlfns import (
     discrepancies,
     job_row,
     ledger_for_job,
-    outcome_or_sqlstate,
+    outcome_or_error,
     race,
-    raises_sqlstate,
+    raises_error,
     slow_down_job_updates,
 )
 
@@ -46,7 +43,7 @@ def test_parallel_refunds_of_one_job_refund_once(conn, db_url, make_user):
     slow_down_job_updates(conn, 0.2)
 
     outcomes = race(
-        db_url, 16, lambda c, _i: outcome_or_sqlstate(c, "refund_job_atomic", job_id=job["id"])
+        db_url, 16, lambda c, _i: outcome_or_error(c, "refund_job_atomic", job_id=job["id"])
     )
 
     assert outcomes == {"refunded": 1, "already_refunded": 15}
@@ -66,16 +63,16 @@ def test_racing_refund_fail_and_cancel_end_the_job_once(conn, db_url, make_user)
     def end_it(c: psycopg.Connection, i: int) -> str:
         match i % 3:
             case 0:
-                return outcome_or_sqlstate(c, "refund_job_atomic", job_id=job["id"], reason="admin")
+                return outcome_or_error(c, "refund_job_atomic", job_id=job["id"], reason="admin")
             case 1:
-                return outcome_or_sqlstate(c, "fail_job", job_id=job["id"], attempt=1, error="x")
+                return outcome_or_error(c, "fail_job", job_id=job["id"], attempt=1, error="x")
             case _:
-                return outcome_or_sqlstate(c, "cancel_job", job_id=job["id"], user_id=user)
+                return outcome_or_error(c, "cancel_job", job_id=job["id"], user_id=user)
 
     outcomes = race(db_url, 18, end_it)
 
     assert outcomes["refunded"] == 1
-    assert set(outcomes) <= {"refunded", "already_refunded", "duplicate", CJ_INVALID_TRANSITION}
+    assert set(outcomes) <= {"refunded", "already_refunded", "duplicate", "invalid_transition"}
     assert ledger_for_job(conn, job["id"]) == [("charge", -10), ("refund", 10)]
     assert job_row(conn, job["id"])["status"] in ("failed", "cancelled")
     assert balance(conn, user) == 10
@@ -94,9 +91,9 @@ def test_database_rejects_a_second_refund_or_charge_entry_for_a_job(conn, make_u
         " values (%s, %s, %s, %s, 100)"
     )
 
-    with raises_sqlstate(UNIQUE_VIOLATION):
+    with raises_error(UNIQUE_VIOLATION):
         conn.execute(insert, (user, job["id"], "refund", 10))
-    with raises_sqlstate(UNIQUE_VIOLATION):
+    with raises_error(UNIQUE_VIOLATION):
         conn.execute(insert, (user, job["id"], "charge", -10))
     assert ledger_for_job(conn, job["id"]) == [("charge", -10), ("refund", 10)]
 
@@ -119,7 +116,7 @@ def test_refund_happens_in_the_transaction_that_fails_the_job(conn, make_user):
 
     done = create_job(conn, user, "image")
     call(conn, "complete_job", job_id=done["id"], attempt=claim_one(conn, "image")["attempt"])
-    with raises_sqlstate(CJ_INVALID_TRANSITION):
+    with raises_error("invalid_transition"):
         call(conn, "refund_job_atomic", job_id=done["id"], reason="too late")
     assert ledger_for_job(conn, done["id"]) == [("charge", -10)]
 
@@ -209,7 +206,7 @@ def test_credits_used_outside_the_price_is_rejected(conn, make_user, credits_use
     create_job(conn, user, "image")
     job = claim_one(conn, "image")
 
-    with raises_sqlstate(CJ_INVALID_ARGUMENT):
+    with raises_error("invalid_argument"):
         call(conn, "complete_job", job_id=job["id"], attempt=1, credits_used=credits_used)
 
     assert job_row(conn, job["id"])["status"] == "processing"
@@ -234,7 +231,7 @@ def test_cancel_refunds_a_running_or_waiting_job_once(conn, make_user, claimed):
     again = call(conn, "cancel_job", job_id=job["id"], user_id=user)
     assert (again["outcome"], again["balance"]) == ("already_refunded", 15)
     if claimed:
-        with raises_sqlstate(CJ_INVALID_TRANSITION):
+        with raises_error("invalid_transition"):
             call(conn, "complete_job", job_id=job["id"], attempt=1)
     assert ledger_for_job(conn, job["id"]) == [("charge", -10), ("refund", 10)]
 
@@ -250,11 +247,11 @@ def test_cancel_refuses_finished_jobs_and_other_users_jobs(conn, make_user):
     call(conn, "refund_job_atomic", job_id=failed["id"], reason="admin")
     pending = create_job(conn, user, "image")
 
-    with raises_sqlstate(CJ_INVALID_TRANSITION):
+    with raises_error("invalid_transition"):
         call(conn, "cancel_job", job_id=completed["id"], user_id=user)
-    with raises_sqlstate(CJ_INVALID_TRANSITION):
+    with raises_error("invalid_transition"):
         call(conn, "cancel_job", job_id=failed["id"], user_id=user)
-    with raises_sqlstate(CJ_NOT_FOUND):
+    with raises_error("not_found"):
         call(conn, "cancel_job", job_id=pending["id"], user_id=stranger)
 
     assert job_row(conn, pending["id"])["status"] == "pending"

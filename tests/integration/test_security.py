@@ -7,6 +7,7 @@ and the JWT claims in `request.jwt.claims`.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,9 @@ INSUFFICIENT_PRIVILEGE = "42501"
 USER_ROLES = ("anon", "authenticated")
 OWNED_TABLES = ("credit_accounts", "credit_ledger", "projects", "project_steps", "jobs")
 SCHEMAS = ("public", "credit_jobs_internal")
+# Who may execute what, read from pg_proc ("public" is PUBLIC: a NULL ACL grants it EXECUTE).
+EXECUTORS = ("public", "anon", "authenticated", "service_role")
+MAY_EXECUTE = {"public": ["service_role"], "credit_jobs_internal": []}
 BOOTSTRAP = Path(__file__).resolve().parents[2] / "supabase" / "bootstrap.sql"
 # Every privilege the Data API roles may hold on our schemas: reading, nothing else.
 ALLOWED_PRIVILEGES = {
@@ -45,33 +49,15 @@ alter default privileges in schema public
   grant all on sequences to anon, authenticated, service_role;
 """
 
-# docs/sql.md: every function with its parameters in order (trailing extras must have defaults).
-SQL_SURFACE = {
-    "create_job": [
-        "p_user_id",
-        "p_kind",
-        "p_params",
-        "p_project_id",
-        "p_step_number",
-        "p_idempotency_key",
-    ],
-    "claim_jobs": ["p_worker_id", "p_kinds", "p_limit"],
-    "heartbeat_job": ["p_job_id", "p_attempt", "p_progress"],
-    "complete_job": ["p_job_id", "p_attempt", "p_result", "p_credits_used"],
-    "fail_job": ["p_job_id", "p_attempt", "p_error", "p_retryable"],
-    "refund_job_atomic": ["p_job_id", "p_reason", "p_attempt"],
-    "cancel_job": ["p_job_id", "p_user_id"],
-    "reap_stalled_jobs": ["p_limit"],
-    "upsert_project_step": [
-        "p_user_id",
-        "p_project_id",
-        "p_step_number",
-        "p_data",
-        "p_completed_at",
-        "p_skip_reason",
-    ],
-    "admin_grant_credits": ["p_user_id", "p_amount", "p_reason"],
-}
+SQL_REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "sql.md"
+# A row of docs/sql.md's function table: | `name(p_a, p_b = default, ...)` | ...
+DOCUMENTED_FUNCTION = re.compile(r"^\| `(\w+)\(([^)]*)\)` \|", re.MULTILINE)
+
+
+def documented_functions() -> dict[str, list[str]]:
+    """docs/sql.md's public functions: name -> parameters as written (`p_x` or `p_x = default`)."""
+    rows = DOCUMENTED_FUNCTION.findall(SQL_REFERENCE.read_text())
+    return {name: [p.strip() for p in params.split(",") if p.strip()] for name, params in rows}
 
 
 @contextmanager
@@ -111,12 +97,15 @@ def public_tables(conn) -> list[str]:
 
 
 def functions_in(conn, schemas=SCHEMAS) -> list[dict]:
+    """Every function in schemas, with `executors`: which of EXECUTORS may execute it."""
     return conn.execute(
-        "select p.oid::regprocedure::text as signature, p.oid, p.proname, p.proargnames,"
-        " p.proconfig, p.prosecdef, p.proacl, n.nspname"
+        "select p.oid::regprocedure::text as signature, p.proname, p.proargnames,"
+        " p.pronargdefaults, p.proconfig, p.prosecdef, n.nspname,"
+        " array(select r from unnest(%s::text[]) r"
+        "       where has_function_privilege(r, p.oid, 'EXECUTE')) as executors"
         " from pg_proc p join pg_namespace n on n.oid = p.pronamespace"
         " where n.nspname = any(%s) and p.prokind = 'f' order by 1",
-        (list(schemas),),
+        (list(EXECUTORS), list(schemas)),
     ).fetchall()
 
 
@@ -253,13 +242,18 @@ def test_rls_is_enabled_on_every_table_and_views_check_the_caller(conn):
         assert "security_invoker=true" in (view["reloptions"] or []), view
 
 
-def test_the_sql_surface_has_the_specs_names_and_parameters(conn):
-    """docs/sql.md: each function exists once with the documented parameter names in order."""
-    found = {f["proname"]: f for f in functions_in(conn, ["public"])}
+def test_the_sql_reference_documents_every_public_function_as_it_is(conn):
+    """docs/sql.md is the SQL surface: every function in public is there once, with its
+    parameter names in order and a default exactly where the function has one."""
+    documented = documented_functions()
+    functions = functions_in(conn, ["public"])
+    names = [f["proname"] for f in functions]
+    assert sorted(names) == sorted(documented), "docs/sql.md and pg_proc list other functions"
 
-    for name, params in SQL_SURFACE.items():
-        assert name in found, f"missing function {name}"
-        assert found[name]["proargnames"][: len(params)] == params, name
+    for function in functions:
+        params = documented[function["proname"]]
+        assert [p.split(" = ")[0] for p in params] == function["proargnames"], params
+        assert sum(" = " in p for p in params) == function["pronargdefaults"], params
 
 
 def test_data_api_roles_hold_only_read_privileges(conn):
@@ -285,24 +279,19 @@ def test_migrations_take_back_supabases_default_grants(server_url):
         drop_database(server_url, name)
 
 
-def test_no_function_is_executable_by_data_api_users(conn):
-    """G9: no function in public or credit_jobs_internal is executable by anon, authenticated or
-    PUBLIC (checked in the ACL itself: a null ACL would mean PUBLIC may execute)."""
+def test_only_the_server_may_execute_functions(conn):
+    """G9: every function in public is executable by service_role and by nobody else (neither
+    anon, authenticated nor PUBLIC); those in credit_jobs_internal by none of them. Checked for
+    whatever pg_proc holds, so a new function without its revoke/grant fails here."""
     functions = functions_in(conn)
-    assert len(functions) >= len(SQL_SURFACE)
+    assert set(documented_functions()) <= {f["proname"] for f in functions}
 
-    for function in functions:
-        assert function["proacl"] is not None, f"{function['signature']} has default (PUBLIC) ACL"
-        public_grants = conn.execute(
-            "select count(*) as n from aclexplode(%s::aclitem[]) where grantee = 0",
-            (function["proacl"],),
-        ).fetchone()["n"]
-        assert public_grants == 0, f"PUBLIC may execute {function['signature']}"
-        for role in USER_ROLES:
-            allowed = conn.execute(
-                "select has_function_privilege(%s, %s, 'EXECUTE') as ok", (role, function["oid"])
-            ).fetchone()["ok"]
-            assert not allowed, f"{role} may execute {function['signature']}"
+    wrong = {
+        f["signature"]: f["executors"]
+        for f in functions
+        if f["executors"] != MAY_EXECUTE[f["nspname"]]
+    }
+    assert wrong == {}
 
 
 @pytest.mark.parametrize("role", USER_ROLES)
@@ -319,16 +308,7 @@ def test_users_calling_money_functions_directly_are_refused(conn, two_users, rol
 
 
 def test_service_role_runs_the_money_functions(conn, make_user):
-    """G9 (the other side): the server's service_role may execute every documented function, and a
-    real call through it works end to end."""
-    for function in functions_in(conn, ["public"]):
-        if function["proname"] in SQL_SURFACE:
-            allowed = conn.execute(
-                "select has_function_privilege('service_role', %s, 'EXECUTE') as ok",
-                (function["oid"],),
-            ).fetchone()["ok"]
-            assert allowed, function["signature"]
-
+    """G9 (the other side): a real call through the server's service_role works end to end."""
     add_kind(conn, "image", 5)
     user = make_user()
     with as_role(conn, "service_role"):

@@ -6,16 +6,15 @@ and refunded by fail_unstarted_jobs (run by maintenance); claim_jobs never start
 
 from __future__ import annotations
 
-from tests.integration.http_helpers import add_kind
 from tests.integration.sqlfns import (
-    CJ_INVALID_ARGUMENT,
+    add_kind,
     balance,
     call,
     claim,
     create_job,
     job_row,
     ledger_for_job,
-    raises_sqlstate,
+    raises_error,
 )
 
 
@@ -88,5 +87,5 @@ def test_fail_unstarted_jobs_works_in_batches(conn, make_user):
     assert call(conn, "fail_unstarted_jobs", limit=2) == {"failed": 2}
     assert call(conn, "fail_unstarted_jobs", limit=2) == {"failed": 1}
     assert balance(conn, user) == 5
-    with raises_sqlstate(CJ_INVALID_ARGUMENT):
+    with raises_error("invalid_argument"):
         call(conn, "fail_unstarted_jobs", limit=0)

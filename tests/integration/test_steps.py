@@ -6,12 +6,10 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from tests.integration.sqlfns import (
-    CJ_INVALID_ARGUMENT,
-    CJ_NOT_FOUND,
     add_kind,
     call,
     create_job,
-    raises_sqlstate,
+    raises_error,
 )
 
 pytestmark = pytest.mark.integration
@@ -89,9 +87,9 @@ def test_another_users_project_looks_missing(conn, make_user, project):
     _owner, project_id = project
     stranger = make_user()
 
-    with raises_sqlstate(CJ_NOT_FOUND):
+    with raises_error("not_found"):
         upsert(conn, stranger, project_id, data={"mine": True})
-    with raises_sqlstate(CJ_NOT_FOUND):
+    with raises_error("not_found"):
         upsert(conn, stranger, "00000000-0000-0000-0000-000000000000")
 
     assert conn.execute("select count(*) as n from public.project_steps").fetchone() == {"n": 0}
@@ -106,5 +104,5 @@ def test_invalid_steps_are_rejected(conn, project, bad):
     """Steps: out-of-range step numbers and non-object data are CJ007."""
     owner, project_id = project
 
-    with raises_sqlstate(CJ_INVALID_ARGUMENT):
+    with raises_error("invalid_argument"):
         upsert(conn, owner, project_id, **bad)

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from shared.api.auth import TokenVerifier
 from shared.core.errors import ApiError
+from shared.dev.tokens import supabase_claims
 from tests.fake_http import closed_port_url, fake_server
 
 SECRET = "unit-test-jwt-secret-with-at-least-32-bytes"
@@ -26,16 +27,7 @@ OTHER_EC_KEY = ec.generate_private_key(ec.SECP256R1())
 
 
 def claims(**overrides):
-    now = int(time.time())
-    values = {
-        "sub": str(USER),
-        "aud": "authenticated",
-        "role": "authenticated",
-        "iat": now,
-        "exp": now + 600,
-        **overrides,
-    }
-    return {k: v for k, v in values.items() if v is not None}
+    return supabase_claims(USER, lifetime_seconds=600, **overrides)
 
 
 def hs_token(secret=SECRET, **overrides) -> str:

@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from shared.core.db import Json, SupabaseDatabase
-from shared.core.errors import ApiError
+from shared.core.errors import SQLSTATE_ERRORS, ApiError
 from tests.fake_http import closed_port_url, fake_server
 
 KEY = "test-service-role-key"
@@ -56,13 +56,7 @@ def test_rpc_posts_named_parameters_and_returns_the_result():
 
 
 @pytest.mark.parametrize(
-    ("sqlstate", "code", "status"),
-    [
-        ("CJ001", "insufficient_credits", 402),
-        ("CJ003", "not_found", 404),
-        ("CJ005", "stale_attempt", 409),
-        ("CJ006", "idempotency_key_reused", 422),
-    ],
+    ("sqlstate", "code", "status"), [(s, *e) for s, e in SQLSTATE_ERRORS.items()]
 )
 def test_postgrest_errors_map_through_the_same_table(sqlstate, code, status):
     message = "insufficient credits: balance 2, needs 5"

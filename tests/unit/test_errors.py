@@ -3,28 +3,42 @@
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 
 import pytest
+import yaml
 
 from shared.core import errors
+from shared.core.errors import SQLSTATE_ERRORS
+from shared.migrate import DEFAULT_DIR as MIGRATIONS
+
+OPENAPI = Path(__file__).resolve().parents[2] / "openapi.yaml"
 
 
 @pytest.mark.parametrize(
-    ("sqlstate", "code", "status"),
-    [
-        ("CJ001", "insufficient_credits", 402),
-        ("CJ002", "unknown_kind", 400),
-        ("CJ003", "not_found", 404),
-        ("CJ004", "invalid_transition", 409),
-        ("CJ005", "stale_attempt", 409),
-        ("CJ006", "idempotency_key_reused", 422),
-        ("CJ007", "invalid_argument", 400),
-    ],
+    ("sqlstate", "code", "status"), [(s, *e) for s, e in SQLSTATE_ERRORS.items()]
 )
-def test_business_sqlstates_map_to_spec_codes(sqlstate, code, status):
+def test_business_sqlstates_map_to_their_codes_with_our_message(sqlstate, code, status):
     error = errors.from_sqlstate(sqlstate, "our message")
     assert (error.code, error.status, error.message) == (code, status, "our message")
     assert error.body() == {"error": {"code": code, "message": "our message"}}
+
+
+def test_the_table_holds_exactly_the_sqlstates_the_migrations_raise():
+    """A CJ code raised in SQL but missing here would reach clients as internal_error."""
+    raised = {
+        code
+        for migration in MIGRATIONS.glob("*.sql")
+        for code in re.findall(r"'(CJ[0-9A-Z]{3})'", migration.read_text())
+    }
+    assert raised == set(SQLSTATE_ERRORS)
+
+
+def test_openapi_documents_every_business_error_code():
+    error = yaml.safe_load(OPENAPI.read_text())["components"]["schemas"]["Error"]
+    documented = error["properties"]["error"]["properties"]["code"]["enum"]
+    assert {code for code, _status in SQLSTATE_ERRORS.values()} <= set(documented)
 
 
 @pytest.mark.parametrize("sqlstate", ["42883", "23505", None, "CJ999"])
