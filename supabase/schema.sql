@@ -447,9 +447,11 @@ begin
     when 'completed' then public.complete_job(p_job_id, p_attempt, p_result, p_credits_used)
     else public.fail_job(p_job_id, p_attempt, p_error, coalesce(p_retryable, false))
   end;
+  -- fail_job's `retried` stays `applied`: the job is pending again, as its status says
   return jsonb_build_object(
     'job', v_report -> 'job',
-    'outcome', case when v_report ->> 'outcome' = 'duplicate' then 'duplicate' else 'applied' end);
+    'outcome', case when v_report ->> 'outcome' in ('duplicate', 'refunded')
+                    then v_report ->> 'outcome' else 'applied' end);
 end;
 $$;
 
@@ -518,6 +520,7 @@ begin
     join public.job_kinds k on k.kind = j.kind
     where j.status = 'pending'
       and j.available_at <= now()
+      and j.available_at + make_interval(secs => k.dispatch_timeout_seconds) >= now()
       and not j.pushed
       and not k.paused
       and (p_kinds is null or j.kind = any (p_kinds))
@@ -609,16 +612,18 @@ $$;
 
 
 --
--- Name: create_job(uuid, text, jsonb, uuid, integer, text, boolean); Type: FUNCTION; Schema: public; Owner: -
+-- Name: create_job(uuid, text, jsonb, uuid, integer, text, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.create_job(p_user_id uuid, p_kind text, p_params jsonb DEFAULT '{}'::jsonb, p_project_id uuid DEFAULT NULL::uuid, p_step_number integer DEFAULT NULL::integer, p_idempotency_key text DEFAULT NULL::text, p_start_attempt boolean DEFAULT false) RETURNS jsonb
+CREATE FUNCTION public.create_job(p_user_id uuid, p_kind text, p_params jsonb DEFAULT '{}'::jsonb, p_project_id uuid DEFAULT NULL::uuid, p_step_number integer DEFAULT NULL::integer, p_idempotency_key text DEFAULT NULL::text, p_pipeline text DEFAULT NULL::text) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 declare
   v_kind public.job_kinds;
   v_params jsonb := coalesce(p_params, '{}'::jsonb);
+  v_pipeline text;
+  v_pushed boolean;
   v_request_hash text;
   v_job public.jobs;
   v_balance bigint;
@@ -640,6 +645,10 @@ begin
   if p_idempotency_key is not null and char_length(p_idempotency_key) not between 1 and 255 then
     perform credit_jobs_internal.raise_error('CJ007', 'idempotency key must be 1 to 255 characters');
   end if;
+  if p_pipeline is not null and p_pipeline not in ('local', 'webhook', 'prefect', 'queue') then
+    perform credit_jobs_internal.raise_error('CJ007',
+      'pipeline must be one of local, webhook, prefect, queue');
+  end if;
   select * into v_kind from public.job_kinds where kind = p_kind;
   if not found then
     perform credit_jobs_internal.raise_error('CJ002', format('unknown job kind %L', p_kind));
@@ -647,6 +656,8 @@ begin
   if v_kind.paused then
     perform credit_jobs_internal.raise_error('CJ002', format('job kind %L is paused', p_kind));
   end if;
+  v_pipeline := coalesce(v_kind.pipeline, p_pipeline, 'queue');
+  v_pushed := v_pipeline <> 'queue';
 
   -- lock: the account serializes this user's requests, so the idempotency check below is exact
   select balance into v_balance from public.credit_accounts where user_id = p_user_id for update;
@@ -665,7 +676,8 @@ begin
           'this Idempotency-Key was already used for a different request');
       end if;
       return jsonb_build_object(
-        'job', credit_jobs_internal.job_json(v_job), 'balance', v_balance, 'replayed', true);
+        'job', credit_jobs_internal.job_json(v_job), 'balance', v_balance, 'replayed', true,
+        'pipeline', case when v_job.pushed then v_pipeline else 'queue' end);
     end if;
   end if;
 
@@ -677,17 +689,18 @@ begin
     perform credit_jobs_internal.raise_error('CJ003', format('project %s not found', v_project_id));
   end if;
 
-  -- write: the job and its charge commit together or not at all
+  -- write: the job and its charge commit together or not at all; a pushed job's first attempt
+  -- starts now (the caller dispatches it), a queue job's when a worker claims it
   insert into public.jobs (
     user_id, project_id, step_number, kind, cost, params, idempotency_key, request_hash,
     pushed, attempt, dispatched_at, lease_expires_at)
   values (
     p_user_id, v_project_id, p_step_number, p_kind, v_kind.cost, v_params, p_idempotency_key,
     v_request_hash,
-    coalesce(p_start_attempt, false),
-    case when p_start_attempt then 1 else 0 end,
-    case when p_start_attempt then now() end,
-    case when p_start_attempt then now() + make_interval(secs => v_kind.lease_seconds) end)
+    v_pushed,
+    case when v_pushed then 1 else 0 end,
+    case when v_pushed then now() end,
+    case when v_pushed then now() + make_interval(secs => v_kind.lease_seconds) end)
   returning * into v_job;
   if v_kind.cost > 0 then
     v_balance := credit_jobs_internal.post_entry(
@@ -695,7 +708,8 @@ begin
   end if;
 
   return jsonb_build_object(
-    'job', credit_jobs_internal.job_json(v_job), 'balance', v_balance, 'replayed', false);
+    'job', credit_jobs_internal.job_json(v_job), 'balance', v_balance, 'replayed', false,
+    'pipeline', v_pipeline);
 end;
 $$;
 
@@ -766,6 +780,54 @@ begin
   end if;
   v_job := credit_jobs_internal.terminate_with_refund(v_job, 'failed', v_error);
   return jsonb_build_object('job', credit_jobs_internal.job_json(v_job), 'outcome', 'refunded');
+end;
+$$;
+
+
+--
+-- Name: fail_unstarted_jobs(integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.fail_unstarted_jobs(p_limit integer DEFAULT 100) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_job public.jobs;
+  v_timeout integer;
+  v_failed integer := 0;
+begin
+  -- validate
+  if p_limit is null or p_limit not between 1 and 10000 then
+    perform credit_jobs_internal.raise_error('CJ007', 'limit must be between 1 and 10000');
+  end if;
+  -- lock: job rows (skipping any a claim or report holds), then accounts in user order
+  for v_job in
+    select j.*
+    from public.jobs j
+    where j.id in (
+      select overdue.id
+      from public.job_kinds kk
+      cross join lateral (
+        select c.id
+        from public.jobs c
+        where c.kind = kk.kind and c.status = 'pending' and c.dispatched_at is null
+          and c.available_at < now() - make_interval(secs => kk.dispatch_timeout_seconds)
+        order by c.available_at
+        limit p_limit
+        for update of c skip locked) overdue
+      limit p_limit)
+    order by j.user_id
+  loop
+    select dispatch_timeout_seconds into v_timeout from public.job_kinds where kind = v_job.kind;
+    -- write
+    perform credit_jobs_internal.terminate_with_refund(v_job, 'failed',
+      format('no %s started attempt %s within %s s',
+             case when v_job.pushed then 'pipeline' else 'worker' end,
+             v_job.attempt + 1, v_timeout));
+    v_failed := v_failed + 1;
+  end loop;
+  return jsonb_build_object('failed', v_failed);
 end;
 $$;
 
@@ -1164,7 +1226,8 @@ begin
       join public.job_kinds k on k.kind = c.kind
       where c.status = 'pending' and c.pushed
         and (
-          (c.dispatched_at is null and c.available_at <= now() and not k.paused)
+          (c.dispatched_at is null and c.available_at <= now() and not k.paused
+            and c.available_at + make_interval(secs => k.dispatch_timeout_seconds) >= now())
           or (c.dispatched_at is not null and c.lease_expires_at < now() and not k.paused)
           or c.dispatched_at + make_interval(secs => k.dispatch_timeout_seconds) < now())
       order by c.available_at
@@ -1188,7 +1251,8 @@ begin
         lease_expires_at = now() + make_interval(secs => v_kind.lease_seconds)
     where id = v_job.id
     returning * into v_job;
-    v_jobs := v_jobs || jsonb_build_array(credit_jobs_internal.job_json(v_job));
+    v_jobs := v_jobs || jsonb_build_array(
+      credit_jobs_internal.job_json(v_job) || jsonb_build_object('pipeline', v_kind.pipeline));
   end loop;
   return jsonb_build_object('jobs', v_jobs, 'failed', v_failed);
 end;
@@ -1326,13 +1390,29 @@ CREATE TABLE public.job_kinds (
     paused boolean DEFAULT false NOT NULL,
     description text DEFAULT ''::text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    pipeline text,
     CONSTRAINT job_kinds_cost_check CHECK ((cost >= 0)),
     CONSTRAINT job_kinds_dispatch_timeout_seconds_check CHECK (((dispatch_timeout_seconds >= 1) AND (dispatch_timeout_seconds <= 604800))),
     CONSTRAINT job_kinds_kind_check CHECK ((kind ~ '^[a-z][a-z0-9_]{0,62}$'::text)),
     CONSTRAINT job_kinds_lease_seconds_check CHECK (((lease_seconds >= 1) AND (lease_seconds <= 86400))),
     CONSTRAINT job_kinds_max_attempts_check CHECK (((max_attempts >= 1) AND (max_attempts <= 100))),
+    CONSTRAINT job_kinds_pipeline_check CHECK ((pipeline = ANY (ARRAY['local'::text, 'webhook'::text, 'prefect'::text, 'queue'::text]))),
     CONSTRAINT job_kinds_retry_delay_seconds_check CHECK (((retry_delay_seconds >= 0) AND (retry_delay_seconds <= 86400)))
 );
+
+
+--
+-- Name: COLUMN job_kinds.dispatch_timeout_seconds; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_kinds.dispatch_timeout_seconds IS 'longest wait for a start (dispatch accepted or claim) before the job is failed and refunded';
+
+
+--
+-- Name: COLUMN job_kinds.pipeline; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_kinds.pipeline IS 'how jobs of this kind are started: webhook, prefect, local (pushed) or queue (claimed by workers); null = the deployment''s PIPELINE';
 
 
 --
@@ -1471,6 +1551,13 @@ CREATE INDEX jobs_user_history ON public.jobs USING btree (user_id, created_at D
 --
 
 CREATE INDEX jobs_user_status_history ON public.jobs USING btree (user_id, status, created_at DESC, id DESC);
+
+
+--
+-- Name: jobs_waiting_to_start; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX jobs_waiting_to_start ON public.jobs USING btree (kind, available_at) WHERE ((status = 'pending'::text) AND (dispatched_at IS NULL));
 
 
 --
@@ -1805,11 +1892,11 @@ GRANT ALL ON FUNCTION public.complete_job(p_job_id uuid, p_attempt integer, p_re
 
 
 --
--- Name: FUNCTION create_job(p_user_id uuid, p_kind text, p_params jsonb, p_project_id uuid, p_step_number integer, p_idempotency_key text, p_start_attempt boolean); Type: ACL; Schema: public; Owner: -
+-- Name: FUNCTION create_job(p_user_id uuid, p_kind text, p_params jsonb, p_project_id uuid, p_step_number integer, p_idempotency_key text, p_pipeline text); Type: ACL; Schema: public; Owner: -
 --
 
-REVOKE ALL ON FUNCTION public.create_job(p_user_id uuid, p_kind text, p_params jsonb, p_project_id uuid, p_step_number integer, p_idempotency_key text, p_start_attempt boolean) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.create_job(p_user_id uuid, p_kind text, p_params jsonb, p_project_id uuid, p_step_number integer, p_idempotency_key text, p_start_attempt boolean) TO service_role;
+REVOKE ALL ON FUNCTION public.create_job(p_user_id uuid, p_kind text, p_params jsonb, p_project_id uuid, p_step_number integer, p_idempotency_key text, p_pipeline text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.create_job(p_user_id uuid, p_kind text, p_params jsonb, p_project_id uuid, p_step_number integer, p_idempotency_key text, p_pipeline text) TO service_role;
 
 
 --
@@ -1826,6 +1913,14 @@ GRANT ALL ON FUNCTION public.create_project(p_user_id uuid, p_title text) TO ser
 
 REVOKE ALL ON FUNCTION public.fail_job(p_job_id uuid, p_attempt integer, p_error text, p_retryable boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.fail_job(p_job_id uuid, p_attempt integer, p_error text, p_retryable boolean) TO service_role;
+
+
+--
+-- Name: FUNCTION fail_unstarted_jobs(p_limit integer); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.fail_unstarted_jobs(p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.fail_unstarted_jobs(p_limit integer) TO service_role;
 
 
 --
