@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import subprocess
 import sys
@@ -96,9 +97,12 @@ def test_runtime_modules_import_without_dev_packages() -> None:
     blocked = _dev_only_modules()
     modules = [name for name in _shared_modules() if name not in OPTIONAL]
     argument = json.dumps([blocked, modules, str(FUNCTIONS_MAIN)])
+    # functions/main.py checks its configuration at import; nothing connects to this URL
+    env = {**os.environ, "DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none"}
     result = subprocess.run(
         [sys.executable, "-c", PROBE, argument],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
