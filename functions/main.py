@@ -21,7 +21,7 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from shared.api.http import endpoint, error_response, json_body  # noqa: E402
+from shared.api.http import endpoint, error_response, json_body, json_response  # noqa: E402
 from shared.api.models import (  # noqa: E402
     CancelRequest,
     CreditsQuery,
@@ -44,6 +44,7 @@ from shared.core.errors import (  # noqa: E402
     unauthorized,
 )
 from shared.core.log import log_event  # noqa: E402
+from shared.migrate import SCHEMA_VERSION  # noqa: E402
 from shared.push.dispatch import DispatchError  # noqa: E402
 from shared.push.maintenance import run_maintenance  # noqa: E402
 from shared.push.webhooks import verify  # noqa: E402
@@ -53,6 +54,8 @@ check_configuration()
 
 # A completed job's result may be up to 1 MiB (complete_job's limit).
 MAX_CALLBACK_BYTES = 1024 * 1024 + 64 * 1024
+# Prices change rarely, and a minute's delay is harmless: generate charges the current price.
+KINDS_CACHE_CONTROL = "public, max-age=60"
 
 
 def _user_id(request: flask.Request) -> uuid.UUID:
@@ -304,3 +307,40 @@ def maintenance(request: flask.Request):
     ):
         raise unauthorized("a valid maintenance token is required")
     return run_maintenance(app.db, app.pipelines)
+
+
+@functions_framework.http
+@endpoint(methods=("GET",), allowed_origins=allowed_origins)
+def kinds(request: flask.Request):
+    # No token: the price list is public, as job_kinds is to the Data API's anon role.
+    price_list = services().db.rpc("list_job_kinds")
+    return json_response(price_list, headers={"Cache-Control": KINDS_CACHE_CONTROL})
+
+
+@functions_framework.http
+@endpoint(methods=("GET",), allowed_origins=allowed_origins)
+def health(request: flask.Request):
+    """For load balancers and uptime checks, no token: 200 when the database answers and has
+    applied SCHEMA_VERSION (the newest migration this code knows), else 503."""
+    try:
+        found = services().db.rpc("health_check", p_migration=SCHEMA_VERSION)
+    except ApiError as exc:
+        return _health(exc.code, "unknown", None, exc.message)
+    if not found["migration_applied"]:
+        problem = f"migration {SCHEMA_VERSION} is not applied: run the migrations"
+        return _health("ok", "behind", found["latest_migration"], problem)
+    return _health("ok", "ok", found["latest_migration"])
+
+
+def _health(
+    database: str, migrations: str, latest: str | None, problem: str | None = None
+) -> flask.Response:
+    body = {
+        "status": "unavailable" if problem else "ok",
+        "checks": {"database": database, "migrations": migrations},
+        "expected_migration": SCHEMA_VERSION,
+        "latest_migration": latest,
+    }
+    if problem:
+        body["message"] = problem
+    return json_response(body, 503 if problem else 200, {"Cache-Control": "no-store"})

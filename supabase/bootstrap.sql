@@ -17,6 +17,16 @@ begin
 end
 $$;
 
+-- Supabase Realtime streams the changes of the tables in this publication; a project has it
+-- (empty) from the start. The migrations add their tables to it.
+do $$
+begin
+  if not exists (select from pg_publication where pubname = 'supabase_realtime') then
+    create publication supabase_realtime;
+  end if;
+end
+$$;
+
 create schema if not exists auth;
 
 create table if not exists auth.users (

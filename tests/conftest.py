@@ -22,7 +22,20 @@ from shared.migrate import migrate
 from tests.helpers import create_database, drop_database
 
 TESTS_DIR = Path(__file__).resolve().parent
-LAYERS = ("unit", "integration", "acceptance")
+LAYERS = ("unit", "integration", "acceptance", "browser")
+# Folders with a CI step of their own (and extra installs): collected only when named on the
+# command line, e.g. `pytest tests/browser`, so a plain `scripts/test` leaves them out.
+ON_DEMAND = (TESTS_DIR / "browser",)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    path = collection_path.resolve()
+    for folder in ON_DEMAND:
+        if path == folder or folder in path.parents:
+            named = [Path(arg.split("::", 1)[0]).resolve() for arg in config.args]
+            if not any(n == folder or folder in n.parents for n in named):
+                return True
+    return None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -2,9 +2,9 @@
 
 With no DATABASE_URL it starts an embedded PostgreSQL under `.data/` (or CREDIT_JOBS_DATA_DIR),
 applies bootstrap + migrations, seeds demo job kinds and a demo user with credits, serves every
-function on one port by path (`/generate`, `/status`, …) with the `local` pipeline, and prints a
-demo token and curl commands. Every variable of docs/configuration.md that is set overrides its
-local default.
+function on one port by path (`/generate`, `/status`, …) with the `local` pipeline and the web
+console at `/` (shared/dev/console/), and prints a demo token and curl commands. Every variable
+of docs/configuration.md that is set overrides its local default.
 Ctrl-C / SIGTERM stops the server and the embedded PostgreSQL; the next start reuses the data.
 """
 
@@ -43,8 +43,28 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS_SOURCE = ROOT / "functions" / "main.py"
-TARGETS = ("generate", "status", "history", "projects", "steps", "credits", "cancel", "maintenance")
+TARGETS = (
+    "generate",
+    "status",
+    "history",
+    "projects",
+    "steps",
+    "credits",
+    "cancel",
+    "maintenance",
+    "kinds",
+    "health",
+)
 HOST = "127.0.0.1"
+CONSOLE_DIR = Path(__file__).resolve().parent / "console"
+# path -> (file in CONSOLE_DIR, mimetype)
+CONSOLE_FILES = {
+    "/": ("index.html", "text/html"),
+    "/console.js": ("console.js", "text/javascript"),
+    "/console.css": ("console.css", "text/css"),
+}
+DEMO_TOKEN_PATH = "/dev/token"
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
 DEFAULT_PORT = 8080
 
 DEMO_USER_ID = "00000000-0000-4000-8000-00000000d3e0"
@@ -129,29 +149,57 @@ def demo_token(secret: str, issuer: str | None = None) -> str:
     )
 
 
-def build_app(targets: Iterable[str] = TARGETS) -> DispatcherMiddleware:
-    """Every function mounted at /<target>, as separate deployments would serve them."""
+def build_app(targets: Iterable[str] = TARGETS, token: str | None = None) -> DispatcherMiddleware:
+    """Every function mounted at /<target>, as separate deployments would serve them; the
+    console and (with a token) `/dev/token` at the root."""
     mounts = {
         f"/{target}": _at_root(
             functions_framework.create_app(target=target, source=str(FUNCTIONS_SOURCE))
         )
         for target in targets
     }
-    return DispatcherMiddleware(_not_found(", ".join(mounts)), mounts)
+    return DispatcherMiddleware(_console(", ".join(mounts), token), mounts)
 
 
-def _not_found(paths: str) -> WSGIApplication:
-    # With CORS headers, so a browser shows this answer instead of a bare "Failed to fetch".
-    body = json.dumps({"error": {"code": "not_found", "message": f"no function here; try {paths}"}})
+def _console(paths: str, token: str | None) -> WSGIApplication:
+    """The console's files, the demo token for the console on this machine, 404 for the rest."""
+    not_found = json.dumps(
+        {"error": {"code": "not_found", "message": f"no function here; try {paths}"}}
+    )
 
     def wsgi(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        origin = environ.get("HTTP_ORIGIN")
-        headers = cors_headers(origin, app.allowed_origins())
-        return Response(body, status=404, mimetype="application/json", headers=headers)(
-            environ, start_response
-        )
+        path = environ.get("PATH_INFO") or "/"
+        method = environ["REQUEST_METHOD"]
+        if path in CONSOLE_FILES and method in ("GET", "HEAD"):
+            name, mimetype = CONSOLE_FILES[path]
+            response = Response(
+                (CONSOLE_DIR / name).read_bytes(),
+                mimetype=mimetype,
+                headers={"Cache-Control": "no-cache"},
+            )
+        elif path == DEMO_TOKEN_PATH and token is not None and method == "GET":
+            response = _demo_token_response(environ, token)
+        else:
+            # With CORS headers, so a browser shows this answer instead of "Failed to fetch".
+            headers = cors_headers(environ.get("HTTP_ORIGIN"), app.allowed_origins())
+            response = Response(not_found, status=404, mimetype="application/json", headers=headers)
+        return response(environ, start_response)
 
     return wsgi
+
+
+def _demo_token_response(environ: WSGIEnvironment, token: str) -> Response:
+    # The demo user's token, for the console served by this same server (which listens on
+    # 127.0.0.1 only). No CORS header: a page of another origin cannot read it. The Host check
+    # defeats DNS rebinding (a foreign name pointed at 127.0.0.1 makes its page same-origin).
+    host = environ.get("HTTP_HOST", "").rsplit(":", 1)[0]
+    if host not in LOCAL_HOSTS:
+        body = {"error": {"code": "forbidden", "message": "the demo token is for this machine"}}
+        return Response(json.dumps(body), status=403, mimetype="application/json")
+    body = {"token": token, "user_id": DEMO_USER_ID, "email": DEMO_EMAIL}
+    return Response(
+        json.dumps(body), mimetype="application/json", headers={"Cache-Control": "no-store"}
+    )
 
 
 def _at_root(app: WSGIApplication) -> WSGIApplication:
@@ -232,14 +280,15 @@ def main() -> int:
         applied = migrate(environ["DATABASE_URL"])
         first_run = seed(environ["DATABASE_URL"])
         port = int(environ["PORT"])
-        server = make_server(HOST, port, build_app(), threaded=True)
-        base_url = f"http://{HOST}:{server.port}"
         token = demo_token(environ["SUPABASE_JWT_SECRET"], environ.get("SUPABASE_JWT_ISSUER"))
+        server = make_server(HOST, port, build_app(token=token), threaded=True)
+        base_url = f"http://{HOST}:{server.port}"
         print(
             f"\ncredit-jobs dev server on {base_url}  (pipeline: {environ['PIPELINE']}, "
             f"migrations applied now: {len(applied)}, "
             f"demo user {DEMO_EMAIL}{' created' if first_run else ''})\n"
-            f"functions: {', '.join('/' + t for t in TARGETS)}\n\n"
+            f"functions: {', '.join('/' + t for t in TARGETS)}\n"
+            f"web console: {base_url}/\n\n"
             f"{walkthrough(base_url, token, environ['MAINTENANCE_TOKEN'])}\n\n"
             "Ctrl-C stops the server; the data stays for the next start.\n",
             flush=True,

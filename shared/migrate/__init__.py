@@ -23,6 +23,11 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = ROOT / "supabase" / "migrations"
 DEFAULT_BOOTSTRAP = ROOT / "supabase" / "bootstrap.sql"
 
+# The newest migration this code was written for. Deployed functions ship without
+# supabase/migrations, so `health` compares the database with this constant;
+# tests/unit/test_schema_version.py keeps it equal to the newest file.
+SCHEMA_VERSION = "20261201130000"
+
 # Supabase CLI naming: <14-digit timestamp>_<name>.sql; the CLI stores the two parts separately.
 FILE_PATTERN = re.compile(r"^(\d{14})_(.+)\.sql$")
 

@@ -217,6 +217,16 @@ def test_error_responses_match(api, conn, make_user):
     check(api.callback(report, secret="whsec_" + "A" * 43), "/status", "POST", 401)
 
 
+def test_price_list_and_health_responses_match(api, conn):
+    add_kind(conn, "story", cost=10, description="a short story")
+    add_kind(conn, "film", cost=500, paused=True)
+    kinds = check(api.get("kinds"), "/kinds", "GET", 200)
+    assert [kind["kind"] for kind in kinds["items"]] == ["film", "story"]
+    check(api.get("health"), "/health", "GET", 200)
+    conn.execute("truncate supabase_migrations.schema_migrations")
+    assert check(api.get("health"), "/health", "GET", 503)["latest_migration"] is None
+
+
 def test_method_not_allowed_is_the_documented_error(api, make_user):
     # A method a path does not have has no operation to document it: it answers the Error schema.
     response = api.call("PUT", "generate", user=make_user())
