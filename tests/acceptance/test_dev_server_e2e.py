@@ -100,6 +100,7 @@ def test_embedded_dev_server_runs_the_whole_flow_and_restarts_on_its_data(start_
     server = start_dev()
     api = Api(server)
     wait_until_ready(api)
+    assert api.http.get("/health").json()["status"] == "ok"
     start_balance = api.balance()
     assert start_balance >= STORY_COST + FAIL_COST
 
