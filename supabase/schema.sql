@@ -926,6 +926,26 @@ $$;
 
 
 --
+-- Name: health_check(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.health_check(p_migration text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_latest text;
+  v_applied boolean;
+begin
+  select max(version), coalesce(bool_or(version = p_migration), false)
+  into v_latest, v_applied
+  from supabase_migrations.schema_migrations;
+  return jsonb_build_object('migration_applied', v_applied, 'latest_migration', v_latest);
+end;
+$$;
+
+
+--
 -- Name: heartbeat_job(uuid, integer, double precision); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -961,6 +981,27 @@ begin
   returning j.* into v_job;
   return jsonb_build_object('job', credit_jobs_internal.job_json(v_job), 'outcome', 'applied');
 end;
+$$;
+
+
+--
+-- Name: list_job_kinds(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.list_job_kinds() RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+  select jsonb_build_object('items', coalesce(
+    jsonb_agg(jsonb_build_object(
+      'kind', k.kind,
+      'cost', k.cost,
+      'description', k.description,
+      'paused', k.paused,
+      'max_attempts', k.max_attempts
+    ) order by k.kind),
+    '[]'::jsonb))
+  from public.job_kinds k
 $$;
 
 
@@ -1721,6 +1762,27 @@ CREATE POLICY "users read their own steps" ON public.project_steps FOR SELECT TO
 
 
 --
+-- Name: supabase_realtime; Type: PUBLICATION; Schema: -; Owner: -
+--
+
+CREATE PUBLICATION supabase_realtime WITH (publish = 'insert, update, delete, truncate');
+
+
+--
+-- Name: supabase_realtime credit_accounts; Type: PUBLICATION TABLE; Schema: public; Owner: -
+--
+
+ALTER PUBLICATION supabase_realtime ADD TABLE ONLY public.credit_accounts;
+
+
+--
+-- Name: supabase_realtime jobs; Type: PUBLICATION TABLE; Schema: public; Owner: -
+--
+
+ALTER PUBLICATION supabase_realtime ADD TABLE ONLY public.jobs;
+
+
+--
 -- Name: SCHEMA public; Type: ACL; Schema: -; Owner: -
 --
 
@@ -1948,11 +2010,27 @@ GRANT ALL ON FUNCTION public.get_project(p_user_id uuid, p_project_id uuid) TO s
 
 
 --
+-- Name: FUNCTION health_check(p_migration text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.health_check(p_migration text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.health_check(p_migration text) TO service_role;
+
+
+--
 -- Name: FUNCTION heartbeat_job(p_job_id uuid, p_attempt integer, p_progress double precision); Type: ACL; Schema: public; Owner: -
 --
 
 REVOKE ALL ON FUNCTION public.heartbeat_job(p_job_id uuid, p_attempt integer, p_progress double precision) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.heartbeat_job(p_job_id uuid, p_attempt integer, p_progress double precision) TO service_role;
+
+
+--
+-- Name: FUNCTION list_job_kinds(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.list_job_kinds() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.list_job_kinds() TO service_role;
 
 
 --

@@ -7,7 +7,8 @@ import pytest
 from shared.core import db as db_module
 from shared.migrate import SCHEMA_VERSION
 from tests.fake_http import closed_port_url
-from tests.integration.http_helpers import ALLOWED_ORIGIN, add_kind, http_api
+from tests.integration.http_helpers import ALLOWED_ORIGIN, http_api
+from tests.integration.sqlfns import add_kind
 
 pytestmark = pytest.mark.integration
 
