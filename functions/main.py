@@ -36,6 +36,7 @@ from shared.api.models import (  # noqa: E402
     idempotency_key,
 )
 from shared.api.services import allowed_origins, check_configuration, services  # noqa: E402
+from shared.api.stripe_signature import verify_stripe_signature  # noqa: E402
 from shared.core.db import Json  # noqa: E402
 from shared.core.errors import (  # noqa: E402
     ApiError,
@@ -344,3 +345,25 @@ def _health(
     if problem:
         body["message"] = problem
     return json_response(body, 503 if problem else 200, {"Cache-Control": "no-store"})
+
+
+@functions_framework.http
+@endpoint(methods=("POST",))
+def payments(request: flask.Request):
+    """Stripe webhooks: verified here, applied once by apply_payment_event (docs/credits.md)."""
+    app = services()
+    verify_stripe_signature(
+        app.settings.stripe_webhook_secret,
+        request.get_data(cache=True),
+        request.headers.get("Stripe-Signature"),
+    )
+    applied = app.db.rpc("apply_payment_event", p_event=json_body(request))
+    log_event(
+        "payment_event",
+        logging.ERROR if applied["outcome"] == "held" else logging.INFO,
+        event_id=applied["event_id"],
+        type=applied["type"],
+        outcome=applied["outcome"],
+        detail=applied["detail"] or None,
+    )
+    return applied

@@ -115,6 +115,191 @@ $_$;
 
 
 --
+-- Name: draw(uuid, uuid, bigint); Type: FUNCTION; Schema: credit_jobs_internal; Owner: -
+--
+
+CREATE FUNCTION credit_jobs_internal.draw(p_user_id uuid, p_job_id uuid, p_amount bigint) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_grant public.credit_grants;
+  v_left bigint := p_amount;
+  v_take bigint;
+  v_seq integer := 0;
+begin
+  for v_grant in select * from credit_jobs_internal.spendable_grants(p_user_id) loop
+    exit when v_left = 0;
+    v_take := least(v_left, v_grant.remaining);
+    if p_job_id is null then
+      update public.credit_grants
+      set remaining = remaining - v_take, revoked = revoked + v_take
+      where id = v_grant.id;
+    else
+      update public.credit_grants set remaining = remaining - v_take where id = v_grant.id;
+      v_seq := v_seq + 1;
+      insert into public.credit_allocations (job_id, grant_id, seq, amount)
+      values (p_job_id, v_grant.id, v_seq, v_take);
+    end if;
+    v_left := v_left - v_take;
+  end loop;
+  if v_left > 0 then
+    -- the balance said there was enough: only a grant table edited by hand gets here
+    perform credit_jobs_internal.raise_error('CJ001',
+      format('insufficient credits: grants of user %s hold %s less than needed', p_user_id, v_left));
+  end if;
+end;
+$$;
+
+
+--
+-- Name: give_back(uuid, uuid, bigint); Type: FUNCTION; Schema: credit_jobs_internal; Owner: -
+--
+
+CREATE FUNCTION credit_jobs_internal.give_back(p_user_id uuid, p_job_id uuid, p_amount bigint) RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_alloc public.credit_allocations;
+  v_grant public.credit_grants;
+  v_left bigint := p_amount;
+  v_take bigint;
+  v_expired bigint := 0;
+  v_revoked bigint := 0;
+  v_priority integer := 50;
+begin
+  for v_alloc in
+    select * from public.credit_allocations
+    where job_id = p_job_id and returned < amount
+    order by seq desc
+    for update
+  loop
+    exit when v_left = 0;
+    v_take := least(v_left, v_alloc.amount - v_alloc.returned);
+    update public.credit_allocations set returned = returned + v_take
+    where job_id = v_alloc.job_id and seq = v_alloc.seq;
+    select * into v_grant from public.credit_grants where id = v_alloc.grant_id for update;
+    if v_grant.revoked_at is not null then
+      update public.credit_grants set revoked = revoked + v_take where id = v_grant.id;
+      v_revoked := v_revoked + v_take;
+    elsif v_grant.expires_at <= now() then
+      v_expired := v_expired + v_take;
+      v_priority := v_grant.priority;
+    else
+      update public.credit_grants set remaining = remaining + v_take where id = v_grant.id;
+    end if;
+    v_left := v_left - v_take;
+  end loop;
+  -- jobs charged before grants existed have no allocations: their refund is a new grant too
+  v_expired := v_expired + v_left;
+  if v_expired > 0 then
+    insert into public.credit_grants
+      (user_id, amount, remaining, category, priority, expires_at, refund_of_job, reason)
+    select p_user_id, v_expired, v_expired, 'refund', v_priority,
+           case when v_left = v_expired then null else now() + s.refund_grace end,
+           p_job_id, format('refund of job %s, whose credits had expired', p_job_id)
+    from public.credit_settings s;
+  end if;
+  return v_revoked;
+end;
+$$;
+
+
+--
+-- Name: credit_grants; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.credit_grants (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    user_id uuid NOT NULL,
+    amount bigint NOT NULL,
+    remaining bigint NOT NULL,
+    expired bigint DEFAULT 0 NOT NULL,
+    revoked bigint DEFAULT 0 NOT NULL,
+    category text NOT NULL,
+    priority integer DEFAULT 50 NOT NULL,
+    expires_at timestamp with time zone,
+    source text,
+    external_id text,
+    payment_intent text,
+    refund_of_job uuid,
+    reason text NOT NULL,
+    revoked_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT credit_grants_amount_check CHECK ((amount > 0)),
+    CONSTRAINT credit_grants_category_check CHECK ((category = ANY (ARRAY['paid'::text, 'subscription'::text, 'promo'::text, 'refund'::text, 'adjustment'::text]))),
+    CONSTRAINT credit_grants_check CHECK (((external_id IS NULL) OR (source IS NOT NULL))),
+    CONSTRAINT credit_grants_expired_check CHECK ((expired >= 0)),
+    CONSTRAINT credit_grants_external_id_check CHECK (((char_length(external_id) >= 1) AND (char_length(external_id) <= 255))),
+    CONSTRAINT credit_grants_payment_intent_check CHECK (((char_length(payment_intent) >= 1) AND (char_length(payment_intent) <= 255))),
+    CONSTRAINT credit_grants_priority_check CHECK (((priority >= 0) AND (priority <= 100))),
+    CONSTRAINT credit_grants_reason_check CHECK (((char_length(reason) >= 1) AND (char_length(reason) <= 1000))),
+    CONSTRAINT credit_grants_remaining_check CHECK ((remaining >= 0)),
+    CONSTRAINT credit_grants_revoked_check CHECK ((revoked >= 0)),
+    CONSTRAINT credit_grants_source_check CHECK (((char_length(source) >= 1) AND (char_length(source) <= 100)))
+);
+
+
+--
+-- Name: grant_json(public.credit_grants); Type: FUNCTION; Schema: credit_jobs_internal; Owner: -
+--
+
+CREATE FUNCTION credit_jobs_internal.grant_json(p_grant public.credit_grants) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+  select jsonb_build_object(
+    'id', p_grant.id,
+    'amount', p_grant.amount,
+    'remaining', p_grant.remaining,
+    'category', p_grant.category,
+    'priority', p_grant.priority,
+    'expires_at', p_grant.expires_at,
+    'source', p_grant.source,
+    'external_id', p_grant.external_id,
+    'payment_intent', p_grant.payment_intent,
+    'reason', p_grant.reason,
+    'revoked_at', p_grant.revoked_at,
+    'created_at', p_grant.created_at
+  )
+$$;
+
+
+--
+-- Name: grant_purchase(uuid, bigint, text, integer, timestamp with time zone, text, text, text); Type: FUNCTION; Schema: credit_jobs_internal; Owner: -
+--
+
+CREATE FUNCTION credit_jobs_internal.grant_purchase(p_user_id uuid, p_credits bigint, p_category text, p_priority integer, p_expires_at timestamp with time zone, p_external_id text, p_payment_intent text, p_reason text) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_granted jsonb;
+  v_held public.payment_events;
+begin
+  v_granted := public.grant_credits(
+    p_user_id => p_user_id, p_amount => p_credits, p_reason => p_reason,
+    p_category => p_category, p_expires_at => p_expires_at, p_priority => p_priority,
+    p_source => 'stripe', p_external_id => p_external_id, p_payment_intent => p_payment_intent);
+  if p_payment_intent is not null then
+    for v_held in
+      select * from public.payment_events
+      where outcome = 'held' and payment_intent = p_payment_intent
+      for update
+    loop
+      perform credit_jobs_internal.revoke_payment(p_payment_intent, v_held.type);
+      update public.payment_events
+      set outcome = 'applied', detail = 'revoked when its purchase arrived', processed_at = now()
+      where id = v_held.id;
+    end loop;
+  end if;
+  return v_granted;
+end;
+$$;
+
+
+--
 -- Name: guard_job_kind_delete(); Type: FUNCTION; Schema: credit_jobs_internal; Owner: -
 --
 
@@ -199,6 +384,40 @@ $$;
 
 
 --
+-- Name: lock_account(uuid); Type: FUNCTION; Schema: credit_jobs_internal; Owner: -
+--
+
+CREATE FUNCTION credit_jobs_internal.lock_account(p_user_id uuid) RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_balance bigint;
+  v_grant public.credit_grants;
+begin
+  select balance into v_balance from public.credit_accounts where user_id = p_user_id for update;
+  if not found then
+    perform credit_jobs_internal.raise_error('CJ003', format('no credit account for user %s', p_user_id));
+  end if;
+  for v_grant in
+    select * from public.credit_grants
+    where user_id = p_user_id and remaining > 0 and expires_at <= now()
+    order by expires_at, id
+    for update
+  loop
+    update public.credit_grants
+    set expired = expired + remaining, remaining = 0
+    where id = v_grant.id;
+    v_balance := credit_jobs_internal.write_entry(
+      p_user_id, null, 'expiry', -v_grant.remaining,
+      format('%s grant expired at %s', v_grant.category, v_grant.expires_at), v_grant.id);
+  end loop;
+  return v_balance;
+end;
+$$;
+
+
+--
 -- Name: lock_job_for_report(uuid, integer); Type: FUNCTION; Schema: credit_jobs_internal; Owner: -
 --
 
@@ -235,26 +454,34 @@ CREATE FUNCTION credit_jobs_internal.post_entry(p_user_id uuid, p_job_id uuid, p
     AS $$
 declare
   v_balance bigint;
+  v_grant_id uuid;
+  v_revoked bigint;
 begin
-  -- lock: one account row
-  select balance into v_balance
-  from public.credit_accounts
-  where user_id = p_user_id
-  for update;
-  if not found then
-    perform credit_jobs_internal.raise_error('CJ003', format('no credit account for user %s', p_user_id));
-  end if;
+  -- lock: the account (expiring what is due), then its grants
+  v_balance := credit_jobs_internal.lock_account(p_user_id);
   if v_balance + p_amount < 0 then
     perform credit_jobs_internal.raise_error('CJ001',
       format('insufficient credits: balance %s, needs %s', v_balance, -p_amount));
   end if;
-  -- write: balance and ledger entry together
-  update public.credit_accounts
-  set balance = v_balance + p_amount, updated_at = now()
-  where user_id = p_user_id;
-  insert into public.credit_ledger (user_id, job_id, entry_type, amount, balance_after, reason)
-  values (p_user_id, p_job_id, p_entry_type, p_amount, v_balance + p_amount, p_reason);
-  return v_balance + p_amount;
+  -- write
+  if p_amount < 0 then
+    perform credit_jobs_internal.draw(
+      p_user_id, case when p_entry_type = 'charge' then p_job_id end, -p_amount);
+  elsif p_entry_type = 'refund' then
+    v_revoked := credit_jobs_internal.give_back(p_user_id, p_job_id, p_amount);
+  else
+    insert into public.credit_grants (user_id, amount, remaining, category, reason)
+    values (p_user_id, p_amount, p_amount, 'adjustment', p_reason)
+    returning id into v_grant_id;
+  end if;
+  v_balance := credit_jobs_internal.write_entry(
+    p_user_id, p_job_id, p_entry_type, p_amount, p_reason, v_grant_id);
+  if v_revoked > 0 then
+    v_balance := credit_jobs_internal.write_entry(
+      p_user_id, p_job_id, 'adjustment', -v_revoked,
+      format('refund of job %s went back to a revoked grant', p_job_id));
+  end if;
+  return v_balance;
 end;
 $$;
 
@@ -316,6 +543,72 @@ begin
   raise exception 'credit_ledger is append-only: % is not allowed', tg_op
     using errcode = 'CJ004', hint = 'Correct a balance with admin_grant_credits().';
 end;
+$$;
+
+
+--
+-- Name: revoke_locked_grant(public.credit_grants, text); Type: FUNCTION; Schema: credit_jobs_internal; Owner: -
+--
+
+CREATE FUNCTION credit_jobs_internal.revoke_locked_grant(p_grant public.credit_grants, p_reason text) RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+begin
+  update public.credit_grants
+  set revoked = revoked + remaining, remaining = 0, revoked_at = now()
+  where id = p_grant.id;
+  if p_grant.remaining > 0 then
+    perform credit_jobs_internal.write_entry(
+      p_grant.user_id, null, 'adjustment', -p_grant.remaining,
+      format('grant revoked: %s', p_reason), p_grant.id);
+  end if;
+  return p_grant.remaining;
+end;
+$$;
+
+
+--
+-- Name: revoke_payment(text, text); Type: FUNCTION; Schema: credit_jobs_internal; Owner: -
+--
+
+CREATE FUNCTION credit_jobs_internal.revoke_payment(p_payment_intent text, p_reason text) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_grant_id uuid;
+  v_result jsonb;
+  v_revoked bigint := 0;
+  v_shortfall bigint := 0;
+  v_grants integer := 0;
+begin
+  for v_grant_id in
+    select id from public.credit_grants where payment_intent = p_payment_intent order by id
+  loop
+    v_result := public.revoke_grant(v_grant_id, p_reason);
+    v_revoked := v_revoked + (v_result->>'revoked')::bigint;
+    v_shortfall := v_shortfall + (v_result->>'shortfall')::bigint;
+    v_grants := v_grants + 1;
+  end loop;
+  return jsonb_build_object('revoked', v_revoked, 'shortfall', v_shortfall, 'grants', v_grants);
+end;
+$$;
+
+
+--
+-- Name: spendable_grants(uuid); Type: FUNCTION; Schema: credit_jobs_internal; Owner: -
+--
+
+CREATE FUNCTION credit_jobs_internal.spendable_grants(p_user_id uuid) RETURNS SETOF public.credit_grants
+    LANGUAGE sql
+    SET search_path TO ''
+    AS $$
+  select * from public.credit_grants
+  where user_id = p_user_id and remaining > 0 and revoked_at is null
+    and (expires_at is null or expires_at > now())
+  order by priority, expires_at nulls last, created_at, id
+  for update
 $$;
 
 
@@ -389,6 +682,29 @@ $$;
 
 
 --
+-- Name: write_entry(uuid, uuid, text, bigint, text, uuid); Type: FUNCTION; Schema: credit_jobs_internal; Owner: -
+--
+
+CREATE FUNCTION credit_jobs_internal.write_entry(p_user_id uuid, p_job_id uuid, p_entry_type text, p_amount bigint, p_reason text, p_grant_id uuid DEFAULT NULL::uuid) RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_balance bigint;
+begin
+  update public.credit_accounts
+  set balance = balance + p_amount, updated_at = now()
+  where user_id = p_user_id
+  returning balance into v_balance;
+  insert into public.credit_ledger
+    (user_id, job_id, entry_type, amount, balance_after, reason, grant_id)
+  values (p_user_id, p_job_id, p_entry_type, p_amount, v_balance, p_reason, p_grant_id);
+  return v_balance;
+end;
+$$;
+
+
+--
 -- Name: admin_grant_credits(uuid, bigint, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -406,15 +722,149 @@ begin
   if p_amount is null or p_amount = 0 then
     perform credit_jobs_internal.raise_error('CJ007', 'amount must be a non-zero integer');
   end if;
-  if p_reason is null or char_length(btrim(p_reason)) = 0 then
+  if p_reason is null or char_length(btrim(p_reason)) not between 1 and 1000 then
     perform credit_jobs_internal.raise_error('CJ007', 'a reason is required for the audit trail');
   end if;
   -- lock + write (post_entry refuses to go below zero)
   v_balance := credit_jobs_internal.post_entry(
-    p_user_id, null, case when p_amount > 0 then 'grant' else 'adjustment' end, p_amount, p_reason);
+    p_user_id, null, case when p_amount > 0 then 'grant' else 'adjustment' end, p_amount,
+    btrim(p_reason));
   return jsonb_build_object('user_id', p_user_id, 'balance', v_balance, 'outcome', 'applied');
 end;
 $$;
+
+
+--
+-- Name: apply_payment_event(jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.apply_payment_event(p_event jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $_$
+declare
+  v_id text := p_event->>'id';
+  v_type text := p_event->>'type';
+  v_object jsonb := p_event->'data'->'object';
+  v_event public.payment_events;
+  v_package public.credit_packages;
+  v_plan public.credit_plans;
+  v_line jsonb;
+  v_user_id uuid;
+  v_user_text text;
+  v_payment text;
+  v_outcome text := 'applied';
+  v_detail text := '';
+  v_result jsonb := '{}'::jsonb;
+begin
+  -- validate
+  if v_id is null or char_length(v_id) not between 1 and 255 or v_type is null
+     or jsonb_typeof(v_object) is distinct from 'object' then
+    perform credit_jobs_internal.raise_error('CJ007', 'not a Stripe event: id, type and data.object are required');
+  end if;
+  -- lock: the event's row (concurrent deliveries of one event wait here, then see it)
+  insert into public.payment_events (id, type, payload, outcome)
+  values (v_id, v_type, p_event, 'held')
+  on conflict (id) do nothing;
+  if not found then
+    select * into v_event from public.payment_events where id = v_id for update;
+    if v_event.outcome <> 'held' then
+      return jsonb_build_object('outcome', 'duplicate', 'event_id', v_id, 'type', v_type,
+        'detail', format('already %s', v_event.outcome));
+    end if;
+  end if;
+
+  -- write
+  case
+    when v_type in ('checkout.session.completed', 'checkout.session.async_payment_succeeded') then
+      if v_object->>'payment_status' is distinct from 'paid' then
+        v_outcome := 'ignored';
+        v_detail := format('payment_status is %s', coalesce(v_object->>'payment_status', 'missing'));
+      elsif v_object->'metadata'->>'credit_package' is null then
+        v_outcome := 'ignored';
+        v_detail := 'no metadata.credit_package: not a credit purchase';
+      else
+        select * into v_package from public.credit_packages
+        where id = v_object->'metadata'->>'credit_package' and active;
+        v_user_text := v_object->>'client_reference_id';
+        if v_package.id is null then
+          v_outcome := 'held';
+          v_detail := format('unknown or inactive credit package %L', v_object->'metadata'->>'credit_package');
+        elsif v_user_text is null
+           or v_user_text !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+           or not exists (select from public.credit_accounts where user_id = v_user_text::uuid) then
+          v_outcome := 'held';
+          v_detail := format('client_reference_id %L is not a known user', v_user_text);
+        else
+          v_user_id := v_user_text::uuid;
+          if v_object->>'customer' is not null then
+            insert into public.stripe_customers (customer_id, user_id)
+            values (v_object->>'customer', v_user_id)
+            on conflict (customer_id) do nothing;
+          end if;
+          v_result := credit_jobs_internal.grant_purchase(
+            v_user_id, v_package.credits, v_package.category, v_package.priority,
+            now() + make_interval(days => v_package.expires_after_days),
+            v_object->>'id', v_object->>'payment_intent',
+            format('Stripe checkout %s: %s', v_object->>'id', v_package.id));
+          v_outcome := v_result->>'outcome';
+        end if;
+      end if;
+    when v_type = 'invoice.paid' then
+      select l into v_line
+      from jsonb_array_elements(coalesce(v_object->'lines'->'data', '[]'::jsonb)) l
+      join public.credit_plans p on p.stripe_price_id = coalesce(
+        l->'price'->>'id', l->'pricing'->'price_details'->>'price')
+      limit 1;
+      if v_line is null then
+        v_outcome := 'ignored';
+        v_detail := 'no line of this invoice is a credit plan';
+      else
+        select * into v_plan from public.credit_plans where stripe_price_id = coalesce(
+          v_line->'price'->>'id', v_line->'pricing'->'price_details'->>'price');
+        select user_id into v_user_id from public.stripe_customers
+        where customer_id = v_object->>'customer';
+        if v_user_id is null then
+          v_outcome := 'held';
+          v_detail := format('customer %L is not linked to a user yet', v_object->>'customer');
+        elsif to_timestamp((v_line->'period'->>'end')::double precision) <= now() then
+          v_outcome := 'ignored';
+          v_detail := 'the invoice''s period is already over';
+        else
+          v_result := credit_jobs_internal.grant_purchase(
+            v_user_id, v_plan.credits, 'subscription', v_plan.priority,
+            to_timestamp((v_line->'period'->>'end')::double precision),
+            v_object->>'id', coalesce(v_object->>'payment_intent', v_object->>'charge'),
+            format('Stripe invoice %s: plan %s', v_object->>'id', v_plan.stripe_price_id));
+          v_outcome := v_result->>'outcome';
+        end if;
+      end if;
+    when v_type in ('charge.refunded', 'charge.dispute.created') then
+      v_payment := v_object->>'payment_intent';
+      if v_payment is null then
+        v_outcome := 'ignored';
+        v_detail := 'no payment_intent';
+      else
+        v_result := credit_jobs_internal.revoke_payment(v_payment, v_type);
+        if (v_result->>'grants')::integer = 0 then
+          -- its purchase has not arrived yet: grant_purchase revokes it then
+          v_outcome := 'held';
+          v_detail := format('no grant for payment %s yet', v_payment);
+        end if;
+      end if;
+    else
+      v_outcome := 'ignored';
+      v_detail := 'not an event credit-jobs handles';
+  end case;
+
+  update public.payment_events
+  set outcome = v_outcome, detail = v_detail, payment_intent = v_payment,
+      grant_id = (v_result->'grant'->>'id')::uuid, processed_at = now()
+  where id = v_id;
+  return v_result || jsonb_build_object(
+    'outcome', v_outcome, 'event_id', v_id, 'type', v_type, 'detail', v_detail);
+end;
+$_$;
 
 
 --
@@ -742,6 +1192,50 @@ $$;
 
 
 --
+-- Name: expire_credits(integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.expire_credits(p_limit integer DEFAULT 100) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_user_id uuid;
+  v_before bigint;
+  v_after bigint;
+  v_grants integer := 0;
+  v_credits bigint := 0;
+  v_count integer;
+begin
+  -- validate
+  if p_limit is null or p_limit not between 1 and 10000 then
+    perform credit_jobs_internal.raise_error('CJ007', 'limit must be between 1 and 10000');
+  end if;
+  -- lock: accounts with due grants that no one else holds, in user order
+  for v_user_id in
+    select a.user_id from public.credit_accounts a
+    where a.user_id in (
+      select g.user_id from public.credit_grants g
+      where g.remaining > 0 and g.expires_at <= now()
+      order by g.expires_at
+      limit p_limit)
+    order by a.user_id
+    for update of a skip locked
+  loop
+    select count(*) into v_count from public.credit_grants
+    where user_id = v_user_id and remaining > 0 and expires_at <= now();
+    select balance into v_before from public.credit_accounts where user_id = v_user_id;
+    -- write
+    v_after := credit_jobs_internal.lock_account(v_user_id);
+    v_grants := v_grants + v_count;
+    v_credits := v_credits + v_before - v_after;
+  end loop;
+  return jsonb_build_object('expired_grants', v_grants, 'credits', v_credits);
+end;
+$$;
+
+
+--
 -- Name: fail_job(uuid, integer, text, boolean); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -837,7 +1331,7 @@ $$;
 --
 
 CREATE FUNCTION public.get_credits(p_user_id uuid, p_limit integer DEFAULT 20, p_cursor text DEFAULT NULL::text) RETURNS jsonb
-    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $_$
 declare
@@ -853,11 +1347,16 @@ begin
     end if;
     v_before_id := p_cursor::bigint;
   end if;
-  select balance into v_balance from public.credit_accounts where user_id = p_user_id;
-  if not found then
-    perform credit_jobs_internal.raise_error('CJ003', format('no credit account for user %s', p_user_id));
+  if exists (select from public.credit_grants
+             where user_id = p_user_id and remaining > 0 and expires_at <= now()) then
+    v_balance := credit_jobs_internal.lock_account(p_user_id);
+  else
+    select balance into v_balance from public.credit_accounts where user_id = p_user_id;
+    if not found then
+      perform credit_jobs_internal.raise_error('CJ003', format('no credit account for user %s', p_user_id));
+    end if;
   end if;
-  -- read (credit_ledger_user_history)
+  -- read (credit_ledger_user_history, credit_grants_spendable)
   v_rows := array(
     select l from public.credit_ledger l
     where l.user_id = p_user_id and l.id < v_before_id
@@ -865,6 +1364,19 @@ begin
     limit p_limit + 1);
   return jsonb_build_object(
     'balance', v_balance,
+    'grants', coalesce(
+      (select jsonb_agg(credit_jobs_internal.grant_json(g)
+                        order by g.priority, g.expires_at nulls last, g.created_at, g.id)
+       from public.credit_grants g
+       where g.user_id = p_user_id and g.remaining > 0),
+      '[]'::jsonb),
+    'next_expiry', (
+      select jsonb_build_object('expires_at', g.expires_at, 'credits', sum(g.remaining))
+      from public.credit_grants g
+      where g.user_id = p_user_id and g.remaining > 0 and g.expires_at is not null
+      group by g.expires_at
+      order by g.expires_at
+      limit 1),
     'entries', coalesce(
       (select jsonb_agg(jsonb_build_object(
          'id', (v_rows[i]).id, 'job_id', (v_rows[i]).job_id,
@@ -921,6 +1433,66 @@ begin
        from public.project_steps s where s.project_id = p_project_id),
       '[]'::jsonb),
     'jobs_count', (select count(*) from public.jobs j where j.project_id = p_project_id)));
+end;
+$$;
+
+
+--
+-- Name: grant_credits(uuid, bigint, text, text, timestamp with time zone, integer, text, text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.grant_credits(p_user_id uuid, p_amount bigint, p_reason text, p_category text DEFAULT 'adjustment'::text, p_expires_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_priority integer DEFAULT 50, p_source text DEFAULT NULL::text, p_external_id text DEFAULT NULL::text, p_payment_intent text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_grant public.credit_grants;
+  v_balance bigint;
+begin
+  -- validate
+  if p_user_id is null then
+    perform credit_jobs_internal.raise_error('CJ007', 'user_id is required');
+  end if;
+  if p_amount is null or p_amount <= 0 then
+    perform credit_jobs_internal.raise_error('CJ007', 'amount must be a positive integer');
+  end if;
+  if p_reason is null or char_length(btrim(p_reason)) not between 1 and 1000 then
+    perform credit_jobs_internal.raise_error('CJ007', 'a reason (1 to 1000 characters) is required');
+  end if;
+  if p_category is null or p_category not in ('paid', 'subscription', 'promo', 'refund', 'adjustment') then
+    perform credit_jobs_internal.raise_error('CJ007',
+      'category must be one of paid, subscription, promo, refund, adjustment');
+  end if;
+  if p_priority is null or p_priority not between 0 and 100 then
+    perform credit_jobs_internal.raise_error('CJ007', 'priority must be between 0 and 100');
+  end if;
+  if p_expires_at is not null and p_expires_at <= now() then
+    perform credit_jobs_internal.raise_error('CJ007', 'expires_at must be in the future');
+  end if;
+  if p_external_id is not null and p_source is null then
+    perform credit_jobs_internal.raise_error('CJ007', 'an external_id needs its source');
+  end if;
+  -- lock: the account (expiring what is due), so a replay check and the grant are one step
+  v_balance := credit_jobs_internal.lock_account(p_user_id);
+  -- replay: the same external payment returns its first grant
+  if p_external_id is not null then
+    select * into v_grant from public.credit_grants
+    where source = p_source and external_id = p_external_id;
+    if found then
+      return jsonb_build_object('grant', credit_jobs_internal.grant_json(v_grant),
+        'balance', v_balance, 'outcome', 'duplicate');
+    end if;
+  end if;
+  -- write
+  insert into public.credit_grants (user_id, amount, remaining, category, priority, expires_at,
+    source, external_id, payment_intent, reason)
+  values (p_user_id, p_amount, p_amount, p_category, p_priority, p_expires_at, p_source,
+    p_external_id, p_payment_intent, btrim(p_reason))
+  returning * into v_grant;
+  v_balance := credit_jobs_internal.write_entry(
+    p_user_id, null, 'grant', p_amount, btrim(p_reason), v_grant.id);
+  return jsonb_build_object('grant', credit_jobs_internal.grant_json(v_grant),
+    'balance', v_balance, 'outcome', 'applied');
 end;
 $$;
 
@@ -1239,6 +1811,47 @@ $$;
 
 
 --
+-- Name: revoke_grant(uuid, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.revoke_grant(p_grant_id uuid, p_reason text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_user_id uuid;
+  v_grant public.credit_grants;
+  v_balance bigint;
+  v_revoked bigint := 0;
+begin
+  -- validate
+  if p_reason is null or char_length(btrim(p_reason)) not between 1 and 1000 then
+    perform credit_jobs_internal.raise_error('CJ007', 'a reason (1 to 1000 characters) is required');
+  end if;
+  select user_id into v_user_id from public.credit_grants where id = p_grant_id;
+  if not found then
+    perform credit_jobs_internal.raise_error('CJ003', format('grant %s not found', p_grant_id));
+  end if;
+  -- lock: the account (expiring what is due), then the grant
+  v_balance := credit_jobs_internal.lock_account(v_user_id);
+  select * into v_grant from public.credit_grants where id = p_grant_id for update;
+  -- write: at most what is left; what was already spent is the shortfall
+  if v_grant.revoked_at is null then
+    v_revoked := credit_jobs_internal.revoke_locked_grant(v_grant, btrim(p_reason));
+    select * into v_grant from public.credit_grants where id = p_grant_id;
+    select balance into v_balance from public.credit_accounts where user_id = v_user_id;
+  end if;
+  return jsonb_build_object(
+    'grant', credit_jobs_internal.grant_json(v_grant),
+    'revoked', v_revoked,
+    'shortfall', v_grant.amount - v_grant.expired - v_grant.revoked,
+    'balance', v_balance,
+    'outcome', case when v_revoked > 0 or v_grant.revoked_at = now() then 'applied' else 'duplicate' end);
+end;
+$$;
+
+
+--
 -- Name: take_jobs_to_dispatch(integer); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1361,6 +1974,22 @@ CREATE TABLE public.credit_accounts (
 
 
 --
+-- Name: credit_allocations; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.credit_allocations (
+    job_id uuid NOT NULL,
+    grant_id uuid NOT NULL,
+    seq integer NOT NULL,
+    amount bigint NOT NULL,
+    returned bigint DEFAULT 0 NOT NULL,
+    CONSTRAINT credit_allocations_amount_check CHECK ((amount > 0)),
+    CONSTRAINT credit_allocations_check CHECK (((returned >= 0) AND (returned <= amount))),
+    CONSTRAINT credit_allocations_seq_check CHECK ((seq >= 1))
+);
+
+
+--
 -- Name: credit_ledger; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1373,6 +2002,7 @@ CREATE TABLE public.credit_ledger (
     balance_after bigint NOT NULL,
     reason text DEFAULT ''::text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    grant_id uuid,
     CONSTRAINT credit_ledger_amount_check CHECK ((amount <> 0)),
     CONSTRAINT credit_ledger_balance_after_check CHECK ((balance_after >= 0)),
     CONSTRAINT credit_ledger_check CHECK (
@@ -1382,7 +2012,8 @@ CASE entry_type
     WHEN 'grant'::text THEN (amount > 0)
     ELSE true
 END),
-    CONSTRAINT credit_ledger_entry_type_check CHECK ((entry_type = ANY (ARRAY['grant'::text, 'charge'::text, 'refund'::text, 'adjustment'::text])))
+    CONSTRAINT credit_ledger_entry_type_check CHECK ((entry_type = ANY (ARRAY['grant'::text, 'charge'::text, 'refund'::text, 'adjustment'::text, 'expiry'::text]))),
+    CONSTRAINT credit_ledger_expiry_check CHECK (((entry_type <> 'expiry'::text) OR ((amount < 0) AND (grant_id IS NOT NULL))))
 );
 
 
@@ -1394,13 +2025,18 @@ CREATE VIEW public.credit_discrepancies WITH (security_invoker='true') AS
  SELECT a.user_id,
     a.balance,
     COALESCE(l.ledger_sum, (0)::numeric) AS ledger_sum,
-    ((a.balance)::numeric - COALESCE(l.ledger_sum, (0)::numeric)) AS difference
-   FROM (public.credit_accounts a
+    ((a.balance)::numeric - COALESCE(l.ledger_sum, (0)::numeric)) AS difference,
+    COALESCE(g.grants_remaining, (0)::numeric) AS grants_remaining
+   FROM ((public.credit_accounts a
      LEFT JOIN ( SELECT credit_ledger.user_id,
             sum(credit_ledger.amount) AS ledger_sum
            FROM public.credit_ledger
           GROUP BY credit_ledger.user_id) l ON ((l.user_id = a.user_id)))
-  WHERE ((a.balance)::numeric <> COALESCE(l.ledger_sum, (0)::numeric));
+     LEFT JOIN ( SELECT credit_grants.user_id,
+            sum(credit_grants.remaining) AS grants_remaining
+           FROM public.credit_grants
+          GROUP BY credit_grants.user_id) g ON ((g.user_id = a.user_id)))
+  WHERE (((a.balance)::numeric <> COALESCE(l.ledger_sum, (0)::numeric)) OR ((a.balance)::numeric <> COALESCE(g.grants_remaining, (0)::numeric)));
 
 
 --
@@ -1415,6 +2051,73 @@ ALTER TABLE public.credit_ledger ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTIT
     NO MAXVALUE
     CACHE 1
 );
+
+
+--
+-- Name: credit_packages; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.credit_packages (
+    id text NOT NULL,
+    credits bigint NOT NULL,
+    category text DEFAULT 'paid'::text NOT NULL,
+    priority integer DEFAULT 50 NOT NULL,
+    expires_after_days integer,
+    active boolean DEFAULT true NOT NULL,
+    description text DEFAULT ''::text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT credit_packages_category_check CHECK ((category = ANY (ARRAY['paid'::text, 'promo'::text, 'subscription'::text]))),
+    CONSTRAINT credit_packages_credits_check CHECK ((credits > 0)),
+    CONSTRAINT credit_packages_expires_after_days_check CHECK (((expires_after_days >= 1) AND (expires_after_days <= 3650))),
+    CONSTRAINT credit_packages_id_check CHECK ((id ~ '^[a-z0-9][a-z0-9_-]{0,62}$'::text)),
+    CONSTRAINT credit_packages_priority_check CHECK (((priority >= 0) AND (priority <= 100)))
+);
+
+
+--
+-- Name: credit_plans; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.credit_plans (
+    stripe_price_id text NOT NULL,
+    credits bigint NOT NULL,
+    priority integer DEFAULT 40 NOT NULL,
+    description text DEFAULT ''::text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT credit_plans_credits_check CHECK ((credits > 0)),
+    CONSTRAINT credit_plans_priority_check CHECK (((priority >= 0) AND (priority <= 100))),
+    CONSTRAINT credit_plans_stripe_price_id_check CHECK (((char_length(stripe_price_id) >= 1) AND (char_length(stripe_price_id) <= 255)))
+);
+
+
+--
+-- Name: credit_settings; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.credit_settings (
+    id boolean DEFAULT true NOT NULL,
+    refund_grace interval DEFAULT '7 days'::interval NOT NULL,
+    CONSTRAINT credit_settings_id_check CHECK (id),
+    CONSTRAINT credit_settings_refund_grace_check CHECK ((refund_grace >= '00:00:00'::interval))
+);
+
+
+--
+-- Name: expiring_grants; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.expiring_grants WITH (security_invoker='true') AS
+ SELECT id,
+    user_id,
+    category,
+    remaining,
+    expires_at,
+    source,
+    external_id,
+    reason
+   FROM public.credit_grants g
+  WHERE ((remaining > 0) AND ((expires_at >= now()) AND (expires_at <= (now() + '7 days'::interval))))
+  ORDER BY expires_at;
 
 
 --
@@ -1457,6 +2160,25 @@ COMMENT ON COLUMN public.job_kinds.pipeline IS 'how jobs of this kind are starte
 
 
 --
+-- Name: payment_events; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.payment_events (
+    id text NOT NULL,
+    type text NOT NULL,
+    payload jsonb NOT NULL,
+    outcome text NOT NULL,
+    detail text DEFAULT ''::text NOT NULL,
+    payment_intent text,
+    grant_id uuid,
+    received_at timestamp with time zone DEFAULT now() NOT NULL,
+    processed_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT payment_events_id_check CHECK (((char_length(id) >= 1) AND (char_length(id) <= 255))),
+    CONSTRAINT payment_events_outcome_check CHECK ((outcome = ANY (ARRAY['applied'::text, 'duplicate'::text, 'ignored'::text, 'held'::text])))
+);
+
+
+--
 -- Name: stalled_jobs; Type: VIEW; Schema: public; Owner: -
 --
 
@@ -1477,6 +2199,18 @@ CREATE VIEW public.stalled_jobs WITH (security_invoker='true') AS
 
 
 --
+-- Name: stripe_customers; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.stripe_customers (
+    customer_id text NOT NULL,
+    user_id uuid NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT stripe_customers_customer_id_check CHECK (((char_length(customer_id) >= 1) AND (char_length(customer_id) <= 255)))
+);
+
+
+--
 -- Name: credit_accounts credit_accounts_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -1485,11 +2219,51 @@ ALTER TABLE ONLY public.credit_accounts
 
 
 --
+-- Name: credit_allocations credit_allocations_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.credit_allocations
+    ADD CONSTRAINT credit_allocations_pkey PRIMARY KEY (job_id, seq);
+
+
+--
+-- Name: credit_grants credit_grants_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.credit_grants
+    ADD CONSTRAINT credit_grants_pkey PRIMARY KEY (id);
+
+
+--
 -- Name: credit_ledger credit_ledger_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
 ALTER TABLE ONLY public.credit_ledger
     ADD CONSTRAINT credit_ledger_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: credit_packages credit_packages_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.credit_packages
+    ADD CONSTRAINT credit_packages_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: credit_plans credit_plans_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.credit_plans
+    ADD CONSTRAINT credit_plans_pkey PRIMARY KEY (stripe_price_id);
+
+
+--
+-- Name: credit_settings credit_settings_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.credit_settings
+    ADD CONSTRAINT credit_settings_pkey PRIMARY KEY (id);
 
 
 --
@@ -1509,6 +2283,14 @@ ALTER TABLE ONLY public.jobs
 
 
 --
+-- Name: payment_events payment_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.payment_events
+    ADD CONSTRAINT payment_events_pkey PRIMARY KEY (id);
+
+
+--
 -- Name: project_steps project_steps_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -1522,6 +2304,49 @@ ALTER TABLE ONLY public.project_steps
 
 ALTER TABLE ONLY public.projects
     ADD CONSTRAINT projects_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: stripe_customers stripe_customers_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.stripe_customers
+    ADD CONSTRAINT stripe_customers_pkey PRIMARY KEY (customer_id);
+
+
+--
+-- Name: credit_allocations_grant; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX credit_allocations_grant ON public.credit_allocations USING btree (grant_id);
+
+
+--
+-- Name: credit_grants_due; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX credit_grants_due ON public.credit_grants USING btree (expires_at) WHERE ((remaining > 0) AND (expires_at IS NOT NULL));
+
+
+--
+-- Name: credit_grants_one_per_external_id; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE UNIQUE INDEX credit_grants_one_per_external_id ON public.credit_grants USING btree (source, external_id) WHERE (external_id IS NOT NULL);
+
+
+--
+-- Name: credit_grants_payment; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX credit_grants_payment ON public.credit_grants USING btree (payment_intent) WHERE (payment_intent IS NOT NULL);
+
+
+--
+-- Name: credit_grants_spendable; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX credit_grants_spendable ON public.credit_grants USING btree (user_id, priority, expires_at) WHERE (remaining > 0);
 
 
 --
@@ -1602,6 +2427,13 @@ CREATE INDEX jobs_waiting_to_start ON public.jobs USING btree (kind, available_a
 
 
 --
+-- Name: payment_events_held; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX payment_events_held ON public.payment_events USING btree (payment_intent) WHERE ((outcome = 'held'::text) AND (payment_intent IS NOT NULL));
+
+
+--
 -- Name: project_steps_user; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -1652,6 +2484,22 @@ ALTER TABLE ONLY public.credit_accounts
 
 
 --
+-- Name: credit_allocations credit_allocations_grant_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.credit_allocations
+    ADD CONSTRAINT credit_allocations_grant_id_fkey FOREIGN KEY (grant_id) REFERENCES public.credit_grants(id) ON DELETE CASCADE;
+
+
+--
+-- Name: credit_grants credit_grants_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.credit_grants
+    ADD CONSTRAINT credit_grants_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.credit_accounts(user_id) ON DELETE CASCADE;
+
+
+--
 -- Name: jobs jobs_project_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -1684,16 +2532,54 @@ ALTER TABLE ONLY public.projects
 
 
 --
+-- Name: stripe_customers stripe_customers_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.stripe_customers
+    ADD CONSTRAINT stripe_customers_user_id_fkey FOREIGN KEY (user_id) REFERENCES auth.users(id) ON DELETE CASCADE;
+
+
+--
 -- Name: credit_accounts; Type: ROW SECURITY; Schema: public; Owner: -
 --
 
 ALTER TABLE public.credit_accounts ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: credit_allocations; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.credit_allocations ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: credit_grants; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.credit_grants ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: credit_ledger; Type: ROW SECURITY; Schema: public; Owner: -
 --
 
 ALTER TABLE public.credit_ledger ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: credit_packages; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.credit_packages ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: credit_plans; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.credit_plans ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: credit_settings; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.credit_settings ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: job_kinds job kinds are a public price list; Type: POLICY; Schema: public; Owner: -
@@ -1715,6 +2601,12 @@ ALTER TABLE public.job_kinds ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.jobs ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: payment_events; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.payment_events ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: project_steps; Type: ROW SECURITY; Schema: public; Owner: -
 --
 
@@ -1727,10 +2619,23 @@ ALTER TABLE public.project_steps ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.projects ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: stripe_customers; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.stripe_customers ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: credit_accounts users read their own account; Type: POLICY; Schema: public; Owner: -
 --
 
 CREATE POLICY "users read their own account" ON public.credit_accounts FOR SELECT TO authenticated USING ((user_id = ( SELECT auth.uid() AS uid)));
+
+
+--
+-- Name: credit_grants users read their own grants; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY "users read their own grants" ON public.credit_grants FOR SELECT TO authenticated USING ((user_id = ( SELECT auth.uid() AS uid)));
 
 
 --
@@ -1828,6 +2733,42 @@ REVOKE ALL ON FUNCTION credit_jobs_internal.cursor_uuid(p_cursor text) FROM PUBL
 
 
 --
+-- Name: FUNCTION draw(p_user_id uuid, p_job_id uuid, p_amount bigint); Type: ACL; Schema: credit_jobs_internal; Owner: -
+--
+
+REVOKE ALL ON FUNCTION credit_jobs_internal.draw(p_user_id uuid, p_job_id uuid, p_amount bigint) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION give_back(p_user_id uuid, p_job_id uuid, p_amount bigint); Type: ACL; Schema: credit_jobs_internal; Owner: -
+--
+
+REVOKE ALL ON FUNCTION credit_jobs_internal.give_back(p_user_id uuid, p_job_id uuid, p_amount bigint) FROM PUBLIC;
+
+
+--
+-- Name: TABLE credit_grants; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT ON TABLE public.credit_grants TO authenticated;
+GRANT SELECT ON TABLE public.credit_grants TO service_role;
+
+
+--
+-- Name: FUNCTION grant_json(p_grant public.credit_grants); Type: ACL; Schema: credit_jobs_internal; Owner: -
+--
+
+REVOKE ALL ON FUNCTION credit_jobs_internal.grant_json(p_grant public.credit_grants) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION grant_purchase(p_user_id uuid, p_credits bigint, p_category text, p_priority integer, p_expires_at timestamp with time zone, p_external_id text, p_payment_intent text, p_reason text); Type: ACL; Schema: credit_jobs_internal; Owner: -
+--
+
+REVOKE ALL ON FUNCTION credit_jobs_internal.grant_purchase(p_user_id uuid, p_credits bigint, p_category text, p_priority integer, p_expires_at timestamp with time zone, p_external_id text, p_payment_intent text, p_reason text) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION guard_job_kind_delete(); Type: ACL; Schema: credit_jobs_internal; Owner: -
 --
 
@@ -1846,6 +2787,13 @@ REVOKE ALL ON FUNCTION credit_jobs_internal.guard_job_update() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION credit_jobs_internal.job_json(p_job public.jobs) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION lock_account(p_user_id uuid); Type: ACL; Schema: credit_jobs_internal; Owner: -
+--
+
+REVOKE ALL ON FUNCTION credit_jobs_internal.lock_account(p_user_id uuid) FROM PUBLIC;
 
 
 --
@@ -1892,6 +2840,27 @@ REVOKE ALL ON FUNCTION credit_jobs_internal.reject_ledger_change() FROM PUBLIC;
 
 
 --
+-- Name: FUNCTION revoke_locked_grant(p_grant public.credit_grants, p_reason text); Type: ACL; Schema: credit_jobs_internal; Owner: -
+--
+
+REVOKE ALL ON FUNCTION credit_jobs_internal.revoke_locked_grant(p_grant public.credit_grants, p_reason text) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION revoke_payment(p_payment_intent text, p_reason text); Type: ACL; Schema: credit_jobs_internal; Owner: -
+--
+
+REVOKE ALL ON FUNCTION credit_jobs_internal.revoke_payment(p_payment_intent text, p_reason text) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION spendable_grants(p_user_id uuid); Type: ACL; Schema: credit_jobs_internal; Owner: -
+--
+
+REVOKE ALL ON FUNCTION credit_jobs_internal.spendable_grants(p_user_id uuid) FROM PUBLIC;
+
+
+--
 -- Name: TABLE project_steps; Type: ACL; Schema: public; Owner: -
 --
 
@@ -1914,11 +2883,26 @@ REVOKE ALL ON FUNCTION credit_jobs_internal.terminate_with_refund(p_job public.j
 
 
 --
+-- Name: FUNCTION write_entry(p_user_id uuid, p_job_id uuid, p_entry_type text, p_amount bigint, p_reason text, p_grant_id uuid); Type: ACL; Schema: credit_jobs_internal; Owner: -
+--
+
+REVOKE ALL ON FUNCTION credit_jobs_internal.write_entry(p_user_id uuid, p_job_id uuid, p_entry_type text, p_amount bigint, p_reason text, p_grant_id uuid) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION admin_grant_credits(p_user_id uuid, p_amount bigint, p_reason text); Type: ACL; Schema: public; Owner: -
 --
 
 REVOKE ALL ON FUNCTION public.admin_grant_credits(p_user_id uuid, p_amount bigint, p_reason text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.admin_grant_credits(p_user_id uuid, p_amount bigint, p_reason text) TO service_role;
+
+
+--
+-- Name: FUNCTION apply_payment_event(p_event jsonb); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.apply_payment_event(p_event jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.apply_payment_event(p_event jsonb) TO service_role;
 
 
 --
@@ -1970,6 +2954,14 @@ GRANT ALL ON FUNCTION public.create_project(p_user_id uuid, p_title text) TO ser
 
 
 --
+-- Name: FUNCTION expire_credits(p_limit integer); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.expire_credits(p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.expire_credits(p_limit integer) TO service_role;
+
+
+--
 -- Name: FUNCTION fail_job(p_job_id uuid, p_attempt integer, p_error text, p_retryable boolean); Type: ACL; Schema: public; Owner: -
 --
 
@@ -2007,6 +2999,14 @@ GRANT ALL ON FUNCTION public.get_job(p_user_id uuid, p_job_id uuid) TO service_r
 
 REVOKE ALL ON FUNCTION public.get_project(p_user_id uuid, p_project_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.get_project(p_user_id uuid, p_project_id uuid) TO service_role;
+
+
+--
+-- Name: FUNCTION grant_credits(p_user_id uuid, p_amount bigint, p_reason text, p_category text, p_expires_at timestamp with time zone, p_priority integer, p_source text, p_external_id text, p_payment_intent text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.grant_credits(p_user_id uuid, p_amount bigint, p_reason text, p_category text, p_expires_at timestamp with time zone, p_priority integer, p_source text, p_external_id text, p_payment_intent text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.grant_credits(p_user_id uuid, p_amount bigint, p_reason text, p_category text, p_expires_at timestamp with time zone, p_priority integer, p_source text, p_external_id text, p_payment_intent text) TO service_role;
 
 
 --
@@ -2082,6 +3082,14 @@ GRANT ALL ON FUNCTION public.refund_job_atomic(p_job_id uuid, p_reason text, p_a
 
 
 --
+-- Name: FUNCTION revoke_grant(p_grant_id uuid, p_reason text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.revoke_grant(p_grant_id uuid, p_reason text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.revoke_grant(p_grant_id uuid, p_reason text) TO service_role;
+
+
+--
 -- Name: FUNCTION take_jobs_to_dispatch(p_limit integer); Type: ACL; Schema: public; Owner: -
 --
 
@@ -2106,6 +3114,13 @@ GRANT SELECT ON TABLE public.credit_accounts TO service_role;
 
 
 --
+-- Name: TABLE credit_allocations; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT ON TABLE public.credit_allocations TO service_role;
+
+
+--
 -- Name: TABLE credit_ledger; Type: ACL; Schema: public; Owner: -
 --
 
@@ -2121,6 +3136,41 @@ GRANT SELECT ON TABLE public.credit_discrepancies TO service_role;
 
 
 --
+-- Name: TABLE credit_packages; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT ON TABLE public.credit_packages TO service_role;
+
+
+--
+-- Name: TABLE credit_plans; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT ON TABLE public.credit_plans TO service_role;
+
+
+--
+-- Name: TABLE credit_settings; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT ON TABLE public.credit_settings TO service_role;
+
+
+--
+-- Name: COLUMN credit_settings.refund_grace; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT UPDATE(refund_grace) ON TABLE public.credit_settings TO service_role;
+
+
+--
+-- Name: TABLE expiring_grants; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT ON TABLE public.expiring_grants TO service_role;
+
+
+--
 -- Name: TABLE job_kinds; Type: ACL; Schema: public; Owner: -
 --
 
@@ -2130,7 +3180,21 @@ GRANT SELECT ON TABLE public.job_kinds TO service_role;
 
 
 --
+-- Name: TABLE payment_events; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT ON TABLE public.payment_events TO service_role;
+
+
+--
 -- Name: TABLE stalled_jobs; Type: ACL; Schema: public; Owner: -
 --
 
 GRANT SELECT ON TABLE public.stalled_jobs TO service_role;
+
+
+--
+-- Name: TABLE stripe_customers; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT ON TABLE public.stripe_customers TO service_role;

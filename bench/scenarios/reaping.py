@@ -36,6 +36,10 @@ LOAD_STALLED = (
     "update public.credit_accounts a set balance = a.balance - c.total"
     " from (select user_id, sum(cost) total from public.jobs where kind = 'bench_reap'"
     "  group by user_id) c where c.user_id = a.user_id",
+    # ...taken from each user's one grant (unallocated: their refunds come back as new grants)
+    "update public.credit_grants g set remaining = g.remaining - c.total"
+    " from (select user_id, sum(cost) total from public.jobs where kind = 'bench_reap'"
+    "  group by user_id) c where c.user_id = g.user_id",
     "vacuum analyze",
 )
 

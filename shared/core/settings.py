@@ -27,6 +27,7 @@ ENVIRONMENT_VARIABLES = (
     "CALLBACK_URL",
     "CORS_ALLOWED_ORIGINS",
     "MAINTENANCE_TOKEN",
+    "STRIPE_WEBHOOK_SECRET",
     "PORT",
 )
 
@@ -52,6 +53,7 @@ class Settings:
     callback_url: str | None = None
     cors_allowed_origins: tuple[str, ...] = ()
     maintenance_token: str | None = None
+    stripe_webhook_secret: str | None = None
     port: int = DEFAULT_PORT
 
     def __post_init__(self) -> None:
@@ -100,6 +102,7 @@ class Settings:
             callback_url=get("CALLBACK_URL"),
             cors_allowed_origins=tuple(_split(get("CORS_ALLOWED_ORIGINS") or "")),
             maintenance_token=get("MAINTENANCE_TOKEN"),
+            stripe_webhook_secret=get("STRIPE_WEBHOOK_SECRET"),
             port=_port(get("PORT")),
         )
 

@@ -54,6 +54,7 @@ TARGETS = (
     "maintenance",
     "kinds",
     "health",
+    "payments",
 )
 HOST = "127.0.0.1"
 CONSOLE_DIR = Path(__file__).resolve().parent / "console"
@@ -77,6 +78,8 @@ DEMO_KINDS = (
     ("voice", 25, 3, 60, 5, "demo: a voice-over"),
     ("demo_fail", 5, 1, 30, 0, "demo: always fails, to show the refund"),
 )
+# id, credits, description: what the printed Stripe test checkout buys
+DEMO_PACKAGE = ("demo_pack", 100, "demo: 100 credits that never expire")
 
 logger = logging.getLogger("credit_jobs.dev")
 
@@ -88,13 +91,15 @@ def data_dir_from(environ: MutableMapping[str, str]) -> Path:
 def dev_secrets(data_dir: Path) -> dict[str, str]:
     """Secrets made once per data dir and kept, so tokens stay valid across restarts."""
     path = data_dir / "dev-secrets.json"
-    if path.exists():
-        return json.loads(path.read_text())
+    kept = json.loads(path.read_text()) if path.exists() else {}
     made = {
         "SUPABASE_JWT_SECRET": secrets.token_urlsafe(32),
         "PIPELINE_WEBHOOK_SECRET": "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
         "MAINTENANCE_TOKEN": secrets.token_urlsafe(24),
-    }
+        "STRIPE_WEBHOOK_SECRET": "whsec_" + secrets.token_hex(24),
+    } | kept
+    if made == kept:
+        return kept
     data_dir.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
     path.write_text(json.dumps(made, indent=2))
@@ -124,6 +129,11 @@ def seed(url: str) -> bool:
             " (kind, cost, max_attempts, lease_seconds, retry_delay_seconds, description)"
             " values (%s, %s, %s, %s, %s, %s) on conflict (kind) do nothing",
             DEMO_KINDS,
+        )
+        cur.execute(
+            "insert into public.credit_packages (id, credits, description) values (%s, %s, %s)"
+            " on conflict (id) do nothing",
+            DEMO_PACKAGE,
         )
         created = cur.execute(
             "insert into auth.users (id, email) values (%s, %s)"
@@ -212,7 +222,9 @@ def _at_root(app: WSGIApplication) -> WSGIApplication:
     return wsgi
 
 
-def walkthrough(base_url: str, token: str, maintenance_token: str) -> str:
+def walkthrough(
+    base_url: str, token: str, maintenance_token: str, stripe_webhook_secret: str
+) -> str:
     """Copy-paste commands that work as printed (bash + curl + python3)."""
     auth = '-H "Authorization: Bearer $TOKEN"'
     json_body = "-H 'Content-Type: application/json'"
@@ -239,6 +251,14 @@ def walkthrough(base_url: str, token: str, maintenance_token: str) -> str:
         f'curl -s -X POST "$API/cancel" {auth} {json_body}'
         ' -d "{\\"job_id\\": \\"$CANCEL_ID\\"}"; echo',
         f'curl -s "$API/credits?limit=5" {auth}; echo',
+        "# buy the demo credit pack: a signed Stripe test event to /payments, as Stripe sends it",
+        f"export STRIPE_WEBHOOK_SECRET={stripe_webhook_secret}",
+        f"PAID=$(.venv/bin/python -m shared.dev.stripe_events checkout {DEMO_PACKAGE[0]}"
+        " | tee /dev/stderr | python3 -c"
+        ' \'import json,sys; print(json.load(sys.stdin)["grant"]["payment_intent"])\'); echo',
+        f'curl -s "$API/credits?limit=3" {auth}; echo',
+        "# the payment is refunded in Stripe: what is left of its grant is taken back",
+        '.venv/bin/python -m shared.dev.stripe_events refund "$PAID"',
         "# what a scheduler calls every minute: reap stalled jobs, re-dispatch unanswered ones",
         f'curl -s -X POST "$API/maintenance" -H {maintenance_auth}; echo',
     ]
@@ -283,13 +303,16 @@ def main() -> int:
         token = demo_token(environ["SUPABASE_JWT_SECRET"], environ.get("SUPABASE_JWT_ISSUER"))
         server = make_server(HOST, port, build_app(token=token), threaded=True)
         base_url = f"http://{HOST}:{server.port}"
+        commands = walkthrough(
+            base_url, token, environ["MAINTENANCE_TOKEN"], environ["STRIPE_WEBHOOK_SECRET"]
+        )
         print(
             f"\ncredit-jobs dev server on {base_url}  (pipeline: {environ['PIPELINE']}, "
             f"migrations applied now: {len(applied)}, "
             f"demo user {DEMO_EMAIL}{' created' if first_run else ''})\n"
             f"functions: {', '.join('/' + t for t in TARGETS)}\n"
             f"web console: {base_url}/\n\n"
-            f"{walkthrough(base_url, token, environ['MAINTENANCE_TOKEN'])}\n\n"
+            f"{commands}\n\n"
             "Ctrl-C stops the server; the data stays for the next start.\n",
             flush=True,
         )

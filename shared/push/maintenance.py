@@ -7,6 +7,8 @@
    and refunded.
 3. `fail_unstarted_jobs`: jobs nobody started (queue jobs no worker claimed, pushed retries never
    dispatched) within their kind's dispatch_timeout_seconds are failed and refunded.
+4. `expire_credits`: grants past their expiry on idle accounts are expired (every money function
+   expires its own account's due grants first, so this only keeps idle balances current).
 
 A dispatch that fails here is left alone: its lease expires again, the next run retries it, and
 the deadline eventually fails and refunds it.
@@ -21,43 +23,47 @@ from shared.core.db import Database
 from shared.core.log import log_event
 from shared.push.dispatch import DispatchError, Pipelines
 
-# Small reap batches keep each transaction's account locks short, so users' requests are not held
-# up behind a backlog; a run goes on while batches come back full, up to MAX_REAP_BATCHES.
+# Small batches keep each transaction's account locks short, so users' requests are not held up
+# behind a backlog; a run goes on while batches come back full, up to MAX_BATCHES each.
 REAP_BATCH = 100
-MAX_REAP_BATCHES = 100
-DISPATCH_BATCH = 100
 UNSTARTED_BATCH = 100
+EXPIRE_BATCH = 100
+MAX_BATCHES = 100
+DISPATCH_BATCH = 100
 
 
 def run_maintenance(db: Database, pipelines: Pipelines) -> dict:
-    """Run one pass; returns `{reaped, retried, redispatched, unstarted_failed}`.
+    """Run one pass; returns `{reaped, retried, redispatched, unstarted_failed, expired_credits}`.
 
     `reaped` counts every job ended or retried here: stalled jobs (of which `retried` went back
     to the queue), pushed jobs failed at their dispatch deadline and `unstarted_failed`.
     """
-    reaped = retried = 0
-    for _ in range(MAX_REAP_BATCHES):
-        batch = db.rpc("reap_stalled_jobs", p_limit=REAP_BATCH)
-        reaped += batch["reaped"]
-        retried += batch["retried"]
-        if batch["reaped"] < REAP_BATCH:
-            break
-    unstarted = 0
-    for _ in range(MAX_REAP_BATCHES):
-        failed = db.rpc("fail_unstarted_jobs", p_limit=UNSTARTED_BATCH)["failed"]
-        unstarted += failed
-        if failed < UNSTARTED_BATCH:
-            break
+    reaps = _drain(db, "reap_stalled_jobs", REAP_BATCH, "reaped")
+    unstarted = sum(
+        b["failed"] for b in _drain(db, "fail_unstarted_jobs", UNSTARTED_BATCH, "failed")
+    )
+    expired = _drain(db, "expire_credits", EXPIRE_BATCH, "expired_grants")
     taken = db.rpc("take_jobs_to_dispatch", p_limit=DISPATCH_BATCH)
     redispatched = sum(_dispatch(pipelines, job) for job in taken["jobs"])
     summary = {
-        "reaped": reaped + taken["failed"] + unstarted,
-        "retried": retried,
+        "reaped": sum(b["reaped"] for b in reaps) + taken["failed"] + unstarted,
+        "retried": sum(b["retried"] for b in reaps),
         "redispatched": redispatched,
         "unstarted_failed": unstarted,
+        "expired_credits": sum(b["credits"] for b in expired),
     }
     log_event("maintenance_done", **summary, dispatch_deadline_failed=taken["failed"])
     return summary
+
+
+def _drain(db: Database, function: str, limit: int, count: str) -> list[dict[str, Any]]:
+    """Call function in batches of `limit` until one handles fewer (its `count` field)."""
+    batches = []
+    for _ in range(MAX_BATCHES):
+        batches.append(db.rpc(function, p_limit=limit))
+        if batches[-1][count] < limit:
+            break
+    return batches
 
 
 def _dispatch(pipelines: Pipelines, job: dict[str, Any]) -> bool:

@@ -150,6 +150,7 @@ def test_printed_curl_commands_work_as_printed(db_url, start_dev):
 
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", server.walkthrough],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
@@ -158,6 +159,7 @@ def test_printed_curl_commands_work_as_printed(db_url, start_dev):
     errors = re.findall(r'"code":\s*"(\w+)"', result.stdout)
     assert errors == [], f"{result.stdout}\n{server.log()}"
     assert '"status": "completed"' in result.stdout or '"status":"completed"' in result.stdout
-    # story charged; demo_fail and the cancelled job refunded
+    # story charged; demo_fail and the cancelled job refunded; the pack bought, then revoked
+    assert '"outcome":"applied"' in result.stdout.replace(" ", "")
     assert api.balance() == start_balance - STORY_COST
     assert server.stop() == 0

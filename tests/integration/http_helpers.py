@@ -20,6 +20,7 @@ import pytest
 
 from shared.api import services as app
 from shared.core.settings import ENVIRONMENT_VARIABLES
+from shared.dev.stripe_events import signed
 from shared.dev.tokens import mint_token
 from shared.push.webhooks import sign
 
@@ -27,6 +28,7 @@ SOURCE = str(Path(__file__).resolve().parents[2] / "functions" / "main.py")
 JWT_SECRET = "test-only-jwt-secret-with-at-least-32-bytes"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"test-only webhook secret 32bytes").decode()
 MAINTENANCE_TOKEN = "test-maintenance-token"
+STRIPE_WEBHOOK_SECRET = "whsec_test_only_stripe_secret"
 ALLOWED_ORIGIN = "https://app.example.test"
 CALLBACK_URL = "http://127.0.0.1:9/status"
 
@@ -73,6 +75,11 @@ class Api:
     def post(self, target: str, **kwargs: Any):
         return self.call("POST", target, **kwargs)
 
+    def stripe(self, event: dict[str, Any], *, secret: str = STRIPE_WEBHOOK_SECRET):
+        """POST a Stripe event to `payments`, signed as Stripe signs it."""
+        body, headers = signed(event, secret)
+        return self.call("POST", "payments", headers=headers, data=body)
+
     def callback(self, report: dict[str, Any], *, secret: str = WEBHOOK_SECRET, timestamp=None):
         """POST a pipeline report to `status`, signed like a pipeline signs it."""
         body = json.dumps(report, default=str)
@@ -94,6 +101,7 @@ def http_api(monkeypatch: pytest.MonkeyPatch, db_url: str, **env: str) -> Iterat
         "CALLBACK_URL": CALLBACK_URL,
         "CORS_ALLOWED_ORIGINS": ALLOWED_ORIGIN,
         "MAINTENANCE_TOKEN": MAINTENANCE_TOKEN,
+        "STRIPE_WEBHOOK_SECRET": STRIPE_WEBHOOK_SECRET,
     }
     for name, value in {**defaults, **env}.items():
         monkeypatch.setenv(name, value)

@@ -25,8 +25,9 @@ pytestmark = pytest.mark.integration
 
 ADMIN_DIR = Path(__file__).resolve().parents[2] / "supabase" / "admin"
 PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
-# files whose placeholder is a job id; in every other file it is a user id
+# files whose placeholder is a job or grant id; in every other file it is a user id
 JOB_ID_FILES = {"refund_job.sql", "retry_failed_job.sql"}
+GRANT_ID_FILES = {"revoke_grant.sql"}
 RUNBOOK = sorted(ADMIN_DIR.glob("*.sql"))
 
 
@@ -48,7 +49,10 @@ def world(conn, make_user) -> dict:
     user = make_user(25)
     create_job(conn, user, "story")
     job = claim_one(conn, "story")
-    return {"user": user, "job": job["id"]}
+    [grant] = conn.execute(
+        "select id from public.credit_grants where user_id = %s", (user,)
+    ).fetchall()
+    return {"user": user, "job": job["id"], "grant": grant["id"]}
 
 
 def test_runbook_has_the_issues_snippets():
@@ -70,7 +74,13 @@ def test_runbook_has_the_issues_snippets():
 def test_every_runbook_file_runs(conn, world, path):
     """Each file starts with a comment saying when and how to use it, and runs without error."""
     assert path.read_text().startswith("-- "), f"{path.name} needs a header comment"
-    placeholder_id = world["job"] if path.name in JOB_ID_FILES else world["user"]
+    placeholder_id = (
+        world["job"]
+        if path.name in JOB_ID_FILES
+        else world["grant"]
+        if path.name in GRANT_ID_FILES
+        else world["user"]
+    )
 
     run_file(conn, path.name, placeholder_id)
 
@@ -126,6 +136,56 @@ def test_check_discrepancies_runbook_names_a_tampered_account(conn, world):
 
     [[row]] = run_file(conn, "check_discrepancies.sql", None)
     assert (row["user_id"], row["difference"]) == (world["user"], 5)
+
+
+def test_credit_runbooks_grant_a_promo_revoke_a_grant_and_see_what_expires(conn, world):
+    [[promo]] = run_file(conn, "grant_promo.sql", world["user"])
+    assert promo["grant_credits"]["grant"]["category"] == "promo"
+    assert run_file(conn, "expiring_this_week.sql", None) == [[], []]
+    conn.execute(
+        "update public.credit_grants set expires_at = now() + interval '2 days' where id = %s",
+        (promo["grant_credits"]["grant"]["id"],),
+    )
+    expiring, [per_user] = run_file(conn, "expiring_this_week.sql", None)
+    assert [g["remaining"] for g in expiring] == [50] and per_user["credits_expiring"] == 50
+    [[shown], [revoked]] = run_file(conn, "revoke_grant.sql", world["grant"])
+    assert shown["remaining"] == 15
+    assert (revoked["revoke_grant"]["revoked"], revoked["revoke_grant"]["shortfall"]) == (15, 10)
+    assert balance(conn, world["user"]) == 50
+
+
+def test_replay_payment_runbook_applies_a_held_event(conn, world):
+    conn.execute(
+        "insert into public.payment_events (id, type, payload, outcome, detail) values"
+        " ('evt_held', 'checkout.session.completed', %s, 'held', 'unknown package')",
+        (
+            psycopg.types.json.Jsonb(
+                {
+                    "id": "evt_held",
+                    "type": "checkout.session.completed",
+                    "data": {
+                        "object": {
+                            "id": "cs_1",
+                            "payment_status": "paid",
+                            "client_reference_id": str(world["user"]),
+                            "metadata": {"credit_package": "late_pack"},
+                        }
+                    },
+                }
+            ),
+        ),
+    )
+    conn.execute("insert into public.credit_packages (id, credits) values ('late_pack', 40)")
+    text = (
+        (ADMIN_DIR / "replay_payment.sql")
+        .read_text()
+        .replace("evt_00000000-0000-0000-0000-000000000000", "evt_held")
+    )
+    cur = conn.execute(text)
+    assert [r["id"] for r in cur.fetchall()] == ["evt_held"]
+    cur.nextset()
+    assert cur.fetchone()["apply_payment_event"]["outcome"] == "applied"
+    assert balance(conn, world["user"]) == 55
 
 
 def test_stuck_jobs_runbook_lists_a_stalled_job(conn, world):

@@ -348,7 +348,13 @@ def test_maintenance_needs_its_token_and_reaps(api, conn, make_user):
         assert refused.status_code == 401
     response = api.post("maintenance", headers={"Authorization": f"Bearer {MAINTENANCE_TOKEN}"})
     assert response.status_code == 200
-    assert response.json == {"reaped": 1, "retried": 0, "redispatched": 0, "unstarted_failed": 0}
+    assert response.json == {
+        "reaped": 1,
+        "retried": 0,
+        "redispatched": 0,
+        "unstarted_failed": 0,
+        "expired_credits": 0,
+    }
     assert balance(conn, user) == 5
 
 

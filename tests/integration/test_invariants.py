@@ -1,7 +1,9 @@
 """Randomized concurrency: many clients doing everything at once never break the money invariants.
 
 Eight threads, each with its own connection, run random creates, claims, heartbeats, completions,
-failures, cancels, refunds, reaps (with leases forced to expire) and grants for a few seconds.
+failures, cancels, refunds, reaps (with leases forced to expire), admin grants and debits, grants
+of every category with short expiries and replayed external ids, revocations and expiry sweeps
+for a few seconds.
 Business errors (shared.core.errors.SQLSTATE_ERRORS) are expected and counted; anything else (a
 deadlock, a unique violation leaking out, a check violation) fails the test. Afterwards every
 money invariant must hold.
@@ -10,6 +12,7 @@ Set CJ_RANDOM_SEED to replay a run's choices (thread timing still varies).
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import random
 import threading
@@ -29,6 +32,7 @@ from tests.integration.sqlfns import (
     error_code,
     unpaid_or_orphan_charges,
 )
+from tests.integration.test_grants import assert_conserved
 
 pytestmark = pytest.mark.integration
 
@@ -47,6 +51,7 @@ class Workload:
         self.seed = seed
         self.jobs: list[tuple[str, object]] = []  # (job_id, user_id)
         self.attempts: list[tuple[str, int, int]] = []  # (job_id, attempt, cost)
+        self.grants: list[str] = []
         self.tally: Counter = Counter()
         self.unexpected: list[str] = []
         self.lock = threading.Lock()
@@ -64,8 +69,21 @@ class Workload:
 
 def one_operation(conn: psycopg.Connection, work: Workload, rng: random.Random) -> None:
     op = rng.choices(
-        ["create", "claim", "heartbeat", "complete", "fail", "cancel", "refund", "reap", "grant"],
-        weights=[30, 15, 8, 12, 8, 6, 4, 5, 4],
+        [
+            "create",
+            "claim",
+            "heartbeat",
+            "complete",
+            "fail",
+            "cancel",
+            "refund",
+            "reap",
+            "grant",
+            "purchase",
+            "revoke",
+            "expire",
+        ],
+        weights=[30, 15, 8, 12, 8, 6, 4, 5, 4, 6, 3, 3],
     )[0]
     outcome = "skipped"
     try:
@@ -140,6 +158,33 @@ def one_operation(conn: psycopg.Connection, work: Workload, rng: random.Random) 
                 user = rng.choice(work.users)
                 call(conn, "admin_grant_credits", user_id=user, amount=amount, reason="random")
                 outcome = "applied"
+            case "purchase":
+                expires = rng.choice([None, rng.uniform(0.2, 3.0)])
+                granted = call(
+                    conn,
+                    "grant_credits",
+                    user_id=rng.choice(work.users),
+                    amount=rng.randint(1, 40),
+                    reason="random purchase",
+                    category=rng.choice(["paid", "subscription", "promo", "refund"]),
+                    priority=rng.randint(0, 100),
+                    expires_at=None
+                    if expires is None
+                    else dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expires),
+                    source="random",
+                    external_id=f"pay-{rng.randrange(60)}" if rng.random() < 0.7 else None,
+                )
+                work.grants.append(granted["grant"]["id"])
+                outcome = granted["outcome"]
+            case "revoke":
+                if work.grants:
+                    grant_id = rng.choice(work.grants[-30:])
+                    outcome = call(conn, "revoke_grant", grant_id=grant_id, reason="random")[
+                        "outcome"
+                    ]
+            case "expire":
+                swept = call(conn, "expire_credits", limit=rng.randint(1, 5))
+                outcome = "expired" if swept["expired_grants"] else "nothing"
     except psycopg.Error as e:
         if e.sqlstate not in SQLSTATE_ERRORS:
             work.unexpected.append(f"{op}: {e!r}")
@@ -187,6 +232,10 @@ def test_random_concurrent_operations_keep_every_money_invariant(conn, db_url, m
         ("fail", "retried"),
         ("cancel", "refunded"),
         ("reap", "reaped"),
+        ("purchase", "applied"),
+        ("purchase", "duplicate"),
+        ("revoke", "applied"),
+        ("expire", "expired"),
     ]:
         assert work.tally[must_happen] > 0, f"the workload never exercised {must_happen}"
 
@@ -226,3 +275,16 @@ def test_random_concurrent_operations_keep_every_money_invariant(conn, db_url, m
         """
     ).fetchall()
     assert unbalanced_jobs == []
+    # every charge was drawn from grants and every refund went back through them (G10)
+    unallocated = conn.execute(
+        """
+        select j.id from public.jobs j
+        left join public.credit_allocations a on a.job_id = j.id
+        where j.cost > 0
+        group by j.id, j.cost, j.refunded
+        having coalesce(sum(a.amount), 0) <> j.cost or coalesce(sum(a.returned), 0) <> j.refunded
+        """
+    ).fetchall()
+    assert unallocated == []
+    for user in work.users:
+        assert_conserved(conn, user)

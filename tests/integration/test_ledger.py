@@ -80,7 +80,7 @@ def test_credit_discrepancies_reports_a_balance_edited_behind_the_ledgers_back(c
     conn.execute("update public.credit_accounts set balance = 11 where user_id = %s", (user,))
 
     assert discrepancies(conn) == [
-        {"user_id": user, "balance": 11, "ledger_sum": 10, "difference": 1}
+        {"user_id": user, "balance": 11, "ledger_sum": 10, "difference": 1, "grants_remaining": 10}
     ]
 
 

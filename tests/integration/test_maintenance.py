@@ -132,6 +132,7 @@ def test_crash_after_charge_is_redispatched_with_the_same_attempt(
         "retried": 0,
         "redispatched": 0,
         "unstarted_failed": 0,
+        "expired_credits": 0,
     }
     expire_lease(conn, job["id"])
     assert run_maintenance(db, pipelines)["redispatched"] == 1
@@ -167,6 +168,7 @@ def test_past_the_dispatch_deadline_the_job_is_failed_and_refunded_once(
         "retried": 0,
         "redispatched": 0,
         "unstarted_failed": 0,
+        "expired_credits": 0,
     }
     assert run_maintenance(db, pipelines)["reaped"] == 0
 
@@ -282,6 +284,7 @@ def test_maintenance_reaps_stalled_workers(conn, db, pipelines, make_user):
         "retried": 1,
         "redispatched": 0,
         "unstarted_failed": 0,
+        "expired_credits": 0,
     }
     assert job_row(conn, retried["id"])["status"] == "pending"
     assert ledger_for_job(conn, retried["id"]) == [("charge", -COST)]

@@ -27,7 +27,14 @@ pytestmark = pytest.mark.integration
 
 INSUFFICIENT_PRIVILEGE = "42501"
 USER_ROLES = ("anon", "authenticated")
-OWNED_TABLES = ("credit_accounts", "credit_ledger", "projects", "project_steps", "jobs")
+OWNED_TABLES = (
+    "credit_accounts",
+    "credit_ledger",
+    "credit_grants",
+    "projects",
+    "project_steps",
+    "jobs",
+)
 SCHEMAS = ("public", "credit_jobs_internal")
 # Who may execute what, read from pg_proc ("public" is PUBLIC: a NULL ACL grants it EXECUTE).
 EXECUTORS = ("public", "anon", "authenticated", "service_role")
@@ -183,7 +190,7 @@ def test_without_a_user_nobody_reads_user_rows(conn, two_users, role):
     for table in OWNED_TABLES:
         query = sql.SQL("select * from public.{}").format(sql.Identifier(table))
         assert fetch_as(conn, role, None, query) in ([], INSUFFICIENT_PRIVILEGE), table
-    for view in ("credit_discrepancies", "stalled_jobs"):
+    for view in ("credit_discrepancies", "stalled_jobs", "expiring_grants"):
         query = sql.SQL("select * from public.{}").format(sql.Identifier(view))
         assert fetch_as(conn, role, None, query) == INSUFFICIENT_PRIVILEGE, view
 

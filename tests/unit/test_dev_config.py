@@ -56,9 +56,10 @@ def test_the_demo_token_passes_the_functions_verifier():
 
 
 def test_printed_commands_carry_the_token_and_the_url():
-    text = walkthrough("http://127.0.0.1:8123", "tok.en.value", "maint")
+    text = walkthrough("http://127.0.0.1:8123", "tok.en.value", "maint", "whsec_stripe")
     assert text.splitlines()[:2] == [
         "export TOKEN=tok.en.value",
         "export API=http://127.0.0.1:8123",
     ]
     assert "'Authorization: Bearer maint'" in text
+    assert "export STRIPE_WEBHOOK_SECRET=whsec_stripe" in text
