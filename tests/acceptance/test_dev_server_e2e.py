@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.dev_server import STOP_TIMEOUT, DevServer, postmaster
+from tests.dev_server import ROOT, STOP_TIMEOUT, DevServer, postmaster
 
 pytestmark = pytest.mark.acceptance
 
