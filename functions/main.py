@@ -348,7 +348,7 @@ def _health(
 
 
 @functions_framework.http
-@endpoint(methods=("POST",))
+@endpoint(methods=("POST",), allowed_origins=allowed_origins)
 def payments(request: flask.Request):
     """Stripe webhooks: verified here, applied once by apply_payment_event (docs/credits.md)."""
     app = services()

@@ -139,26 +139,9 @@ def test_credits_whose_grant_expired_come_back_as_a_refund_grant_with_grace(conn
 
 def test_an_external_payment_is_granted_once(conn, make_user):
     user = make_user()
-    first = call(
-        conn,
-        "grant_credits",
-        user_id=user,
-        amount=100,
-        reason="pack",
-        category="paid",
-        source="stripe",
-        external_id="cs_1",
-    )
-    again = call(
-        conn,
-        "grant_credits",
-        user_id=user,
-        amount=100,
-        reason="pack",
-        category="paid",
-        source="stripe",
-        external_id="cs_1",
-    )
+    payment = {"reason": "pack", "category": "paid", "source": "stripe", "external_id": "cs_1"}
+    first = call(conn, "grant_credits", user_id=user, amount=100, **payment)
+    again = call(conn, "grant_credits", user_id=user, amount=100, **payment)
     assert (first["outcome"], again["outcome"]) == ("applied", "duplicate")
     assert again["grant"]["id"] == first["grant"]["id"] and balance(conn, user) == 100
 

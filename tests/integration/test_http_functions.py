@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from shared.dev.server import TARGETS
 from tests.fake_http import closed_port_url, fake_server
 from tests.integration.http_helpers import (
     ALLOWED_ORIGIN,
@@ -388,16 +389,7 @@ def test_dispatch_failure_fails_and_refunds_the_job_with_503(
 
 
 def test_cors_preflight_for_an_allowed_origin(api):
-    for target in (
-        "generate",
-        "status",
-        "history",
-        "projects",
-        "steps",
-        "credits",
-        "cancel",
-        "maintenance",
-    ):
+    for target in TARGETS:
         response = api.call(
             "OPTIONS",
             target,
