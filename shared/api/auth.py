@@ -63,6 +63,8 @@ class TokenVerifier:
             algorithm = jwt.get_unverified_header(token).get("alg")
         except jwt.PyJWTError:
             raise unauthorized("malformed token") from None
+        if not isinstance(algorithm, str):  # e.g. a list: unhashable, never an algorithm name
+            raise unauthorized("malformed token")
         key, algorithm = self._key_for(token, algorithm)
         try:
             return jwt.decode(

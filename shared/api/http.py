@@ -3,9 +3,11 @@
     @endpoint(methods=("GET", "POST"))
     def projects(request: flask.Request) -> dict | tuple[dict, int] | flask.Response: ...
 
-The decorator answers CORS preflight, refuses other methods (405) and large bodies (413), and turns
-ApiError and pydantic ValidationError into `{"error": {"code", "message"}}`; any other exception
-is logged and answered 500 `internal_error`.
+The decorator answers CORS preflight, refuses other methods (405), reads the whole body before the
+handler runs (so an oversize body is 413 however it is framed and whatever the credentials),
+refuses query strings PostgreSQL cannot store, and turns ApiError and pydantic ValidationError
+into `{"error": {"code", "message"}}`; any other exception is logged and answered 500
+`internal_error`. `json_body` is the one JSON parser: every value it returns can be stored.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import flask
 import pydantic
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from shared.core.errors import (
     ApiError,
@@ -32,6 +35,11 @@ logger = logging.getLogger("credit_jobs.http")
 
 # Params and step data are at most 64 KiB; leave room for JSON escaping and the other fields.
 MAX_BODY_BYTES = 256 * 1024
+# Deeper than any real params or result; far below Python's recursion limit (the parser's own).
+MAX_JSON_DEPTH = 64
+# PostgreSQL text and jsonb cannot hold NUL, and UTF-8 cannot encode an unpaired surrogate.
+UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
+UNSTORABLE_MESSAGE = "must not contain NUL characters or unpaired surrogates"
 CORS_ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key"
 CORS_MAX_AGE_SECONDS = "600"
 
@@ -66,16 +74,74 @@ def cors_headers(origin: str | None, allowed_origins: Iterable[str]) -> dict[str
     return {}
 
 
+class _NotStorable(ValueError):
+    """Valid JSON that PostgreSQL cannot store; the message is for the client."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)  # parses NaN, Infinity and -Infinity too (as parse_constant)
+    if not math.isfinite(value):
+        raise _NotStorable("numbers must be finite")
+    return value
+
+
+def read_body(request: flask.Request, limit: int) -> bytes:
+    """The whole body, with a Content-Length or chunked, or ApiError 413 when it exceeds `limit`.
+
+    Cached on the request: `request.get_data(cache=True)` returns it afterwards.
+    """
+    if request.content_length is not None and request.content_length > limit:
+        raise payload_too_large(limit)
+    # Werkzeug stops a stream without Content-Length at max_content_length and returns what it
+    # read: one byte past the limit tells an oversize body from one exactly at it.
+    request.max_content_length = limit + 1
+    data = request.get_data(cache=True)
+    if len(data) > limit:
+        raise payload_too_large(limit)
+    return data
+
+
+def storable_json(value: Any) -> None:
+    """ApiError invalid_request unless every string and key of `value` can be stored and it is
+    nested at most MAX_JSON_DEPTH deep."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if UNSTORABLE_TEXT.search(item):
+                raise invalid_request(f"strings {UNSTORABLE_MESSAGE}")
+        elif isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise invalid_request(f"JSON must be nested at most {MAX_JSON_DEPTH} deep")
+            if isinstance(item, dict):
+                if any(UNSTORABLE_TEXT.search(key) for key in item):
+                    raise invalid_request(f"keys {UNSTORABLE_MESSAGE}")
+                item = item.values()
+            stack.extend((child, depth + 1) for child in item)
+
+
 def json_body(request: flask.Request) -> dict:
-    """The request body as a JSON object, or ApiError invalid_request."""
+    """The request body as a JSON object that PostgreSQL can store, or ApiError invalid_request."""
     data = request.get_data(cache=True)
     try:
-        body = json.loads(data) if data else None
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(data, parse_float=_finite, parse_constant=_finite) if data else None
+    except _NotStorable as exc:
+        raise invalid_request(str(exc)) from None
+    except RecursionError:
+        raise invalid_request(f"JSON must be nested at most {MAX_JSON_DEPTH} deep") from None
+    except ValueError:  # includes UnicodeDecodeError
         raise invalid_request("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise invalid_request("request body must be a JSON object")
+    storable_json(body)
     return body
+
+
+def storable_query(request: flask.Request) -> None:
+    """ApiError invalid_request unless every query parameter name and value can be stored."""
+    for name, value in request.args.items(multi=True):
+        if UNSTORABLE_TEXT.search(name) or UNSTORABLE_TEXT.search(value):
+            raise invalid_request(f"query parameters {UNSTORABLE_MESSAGE}")
 
 
 def validation_message(exc: pydantic.ValidationError) -> str:
@@ -138,13 +204,9 @@ def _handle(
         response.headers["Allow"] = allow
         return response
     try:
-        if request.content_length is not None and request.content_length > max_body_bytes:
-            raise payload_too_large(max_body_bytes)
-        # also bounds bodies sent without Content-Length (chunked)
-        request.max_content_length = max_body_bytes
+        read_body(request, max_body_bytes)
+        storable_query(request)
         result = handler(request)
-    except RequestEntityTooLarge:
-        return error_response(payload_too_large(max_body_bytes))
     except ApiError as exc:
         return error_response(exc)
     except pydantic.ValidationError as exc:

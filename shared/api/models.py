@@ -16,6 +16,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from shared.core.errors import invalid_request
 
 MAX_JSON_OBJECT_BYTES = 64 * 1024
+# The largest PostgreSQL `integer`, the type of jobs.attempt and jobs.credits_used.
+PG_INTEGER_MAX = 2**31 - 1
 JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
 
 
@@ -50,12 +52,12 @@ class GenerateRequest(Body):
 
 class PipelineCallback(Body):
     job_id: uuid.UUID
-    attempt: int = Field(ge=1)
+    attempt: int = Field(ge=1, le=PG_INTEGER_MAX)
     status: Literal["processing", "completed", "failed"]
     progress: float | None = Field(default=None, ge=0, le=100)
     result: Any = None
     error: Annotated[str, StringConstraints(max_length=2000)] | None = None
-    credits_used: int | None = Field(default=None, ge=0)
+    credits_used: int | None = Field(default=None, ge=0, le=PG_INTEGER_MAX)
     retryable: bool = False
 
 
