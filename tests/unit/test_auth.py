@@ -104,6 +104,14 @@ def test_alg_none_is_refused():
     assert "algorithm" in refused(unsigned)
 
 
+@pytest.mark.parametrize("alg", [["HS256"], {"HS256": True}, 256, None])
+def test_an_alg_that_is_not_a_string_is_malformed(alg):
+    def b64(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    assert refused(f"{b64({'alg': alg})}.{b64(claims())}.c2ln") == "malformed token"
+
+
 def test_other_hmac_algorithms_are_refused():
     assert "algorithm" in refused(jwt.encode(claims(), SECRET * 2, "HS512"), jwt_secret=SECRET * 2)
 

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from shared.api.models import (
+    PG_INTEGER_MAX,
     GenerateRequest,
     HistoryQuery,
     PipelineCallback,
@@ -52,6 +53,8 @@ def test_callback_bounds():
         {"job_id": job, "attempt": 1, "status": "completed", "credits_used": -1},
         {"job_id": job, "attempt": 1, "status": "failed", "error": "e" * 2001},
         {"job_id": job, "attempt": 1, "status": "completed", "credit_used": 1},
+        {"job_id": job, "attempt": PG_INTEGER_MAX + 1, "status": "processing"},
+        {"job_id": job, "attempt": 1, "status": "completed", "credits_used": PG_INTEGER_MAX + 1},
     ):
         with pytest.raises(ValidationError):
             PipelineCallback.model_validate(bad)
