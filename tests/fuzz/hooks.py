@@ -1,0 +1,44 @@
+"""schemathesis hooks for scripts/fuzz: pipeline callbacks are signed like a pipeline signs them,
+and `generate` asks for the dev server's job kinds as often as for invented ones."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import schemathesis
+from hypothesis import strategies as st
+from schemathesis.core import NotSet
+
+from shared.dev.server import DEMO_KINDS
+from shared.push.webhooks import sign
+
+KINDS = tuple(kind for kind, *_ in DEMO_KINDS)
+
+
+@schemathesis.hook
+def flatmap_body(ctx: Any, body: Any) -> st.SearchStrategy:
+    generate = ctx.operation is not None and ctx.operation.label == "POST /generate"
+    if generate and isinstance(body, dict) and "kind" in body:
+        return st.sampled_from((*KINDS, body["kind"])).map(lambda kind: {**body, "kind": kind})
+    return st.just(body)
+
+
+@schemathesis.hook
+def before_call(ctx: Any, case: Any, kwargs: dict[str, Any]) -> None:
+    if (case.method.upper(), case.path) != ("POST", "/status"):
+        return
+    # Sign exactly the bytes that are sent: the body is serialized here, not by the transport.
+    if isinstance(case.body, NotSet):
+        body = b""
+    elif isinstance(case.body, bytes):
+        body = case.body
+    else:
+        body = json.dumps(case.body).encode()
+    try:
+        body.decode()
+    except UnicodeDecodeError:
+        return  # Standard Webhooks sign text: left unsigned, the server must answer 401
+    kwargs["data"] = body
+    case.headers = {**(case.headers or {}), **sign(os.environ["FUZZ_WEBHOOK_SECRET"], None, body)}
