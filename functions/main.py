@@ -21,7 +21,13 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from shared.api.http import endpoint, error_response, json_body, json_response  # noqa: E402
+from shared.api.http import (  # noqa: E402
+    MAX_CALLBACK_BYTES,
+    endpoint,
+    error_response,
+    json_body,
+    json_response,
+)
 from shared.api.models import (  # noqa: E402
     CancelRequest,
     CreditsQuery,
@@ -53,8 +59,6 @@ from shared.push.webhooks import verify  # noqa: E402
 # An incomplete configuration stops the function from starting, naming what is missing.
 check_configuration()
 
-# A completed job's result may be up to 1 MiB (complete_job's limit).
-MAX_CALLBACK_BYTES = 1024 * 1024 + 64 * 1024
 # Prices change rarely, and a minute's delay is harmless: generate charges the current price.
 KINDS_CACHE_CONTROL = "public, max-age=60"
 

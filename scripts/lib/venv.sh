@@ -1,5 +1,5 @@
-# Sourced by scripts/dev, scripts/test, scripts/test-browser, scripts/check-production-install
-# and bench/run.
+# Sourced by scripts/dev, scripts/test, scripts/test-browser, scripts/fuzz,
+# scripts/check-production-install and bench/run.
 #
 # ensure_venv DIR REQUIREMENTS: create the venv DIR if it is missing and install REQUIREMENTS
 # into it, again only when that file or one it includes with `-r` changed (pip itself takes

@@ -35,6 +35,8 @@ logger = logging.getLogger("credit_jobs.http")
 
 # Params and step data are at most 64 KiB; leave room for JSON escaping and the other fields.
 MAX_BODY_BYTES = 256 * 1024
+# A pipeline's report: a completed job's result may be up to 1 MiB (complete_job's limit).
+MAX_CALLBACK_BYTES = 1024 * 1024 + 64 * 1024
 # Deeper than any real params or result; far below Python's recursion limit (the parser's own).
 MAX_JSON_DEPTH = 64
 # PostgreSQL text and jsonb cannot hold NUL, and UTF-8 cannot encode an unpaired surrogate.
