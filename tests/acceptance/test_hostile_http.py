@@ -26,7 +26,7 @@ import pytest
 
 from shared.api.http import MAX_BODY_BYTES, MAX_CALLBACK_BYTES
 from shared.core.settings import ENVIRONMENT_VARIABLES
-from tests.acceptance.test_dev_server_e2e import free_port
+from tests.dev_server import free_port
 from tests.integration.http_helpers import JWT_SECRET, WEBHOOK_SECRET, token
 from tests.integration.sqlfns import add_kind
 

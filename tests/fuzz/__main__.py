@@ -34,7 +34,7 @@ import psycopg
 from shared.core.settings import ENVIRONMENT_VARIABLES
 from shared.dev.embedded import temporary_embedded, with_database
 from shared.dev.server import DEMO_USER_ID, demo_token
-from tests.acceptance.test_dev_server_e2e import free_port
+from tests.dev_server import free_port
 from tests.helpers import create_database, drop_database
 from tests.integration.sqlfns import (
     broken_balance_after_chain,
