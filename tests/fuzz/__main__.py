@@ -1,11 +1,11 @@
 """`python -m tests.fuzz` (scripts/fuzz): schemathesis over openapi.yaml against a real dev server.
 
 A throwaway PostgreSQL database (on TEST_DATABASE_URL's server, else an embedded one), the dev
-server on it over real HTTP with secrets made for this run, the demo user topped up so `generate`
-keeps succeeding, then every operation through schemathesis' examples, coverage and fuzzing
-phases, and a second run of its stateful phase along the links of openapi.yaml, with the checks
-of tests/fuzz/schemathesis.toml. Afterwards the ledger must still add up. Exit status: non-zero
-on any failure.
+server on it over real HTTP with secrets made for this run (pipeline callbacks and Stripe events
+are signed with them), the demo user topped up so `generate` keeps succeeding, then schemathesis'
+stateful phase along the links of openapi.yaml and a second run of its examples, coverage and
+fuzzing phases over every operation, with the checks of tests/fuzz/schemathesis.toml. Afterwards
+the ledger must still add up. Exit status: non-zero on any failure.
 
     scripts/fuzz                       # the bounded run CI does
     scripts/fuzz --max-examples 500 --minutes 30 --seed 7
@@ -121,6 +121,7 @@ def main() -> int:
         "SUPABASE_JWT_SECRET": secret,
         "PIPELINE_WEBHOOK_SECRET": "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
         "MAINTENANCE_TOKEN": secrets.token_urlsafe(24),
+        "STRIPE_WEBHOOK_SECRET": "whsec_" + secrets.token_hex(24),
     }
     work = Path(tempfile.mkdtemp(prefix="credit-jobs-fuzz-"))
     environ["CREDIT_JOBS_DATA_DIR"] = str(work)
@@ -147,6 +148,7 @@ def main() -> int:
                 "FUZZ_TOKEN": demo_token(secret),
                 "FUZZ_MAINTENANCE_TOKEN": environ["MAINTENANCE_TOKEN"],
                 "FUZZ_WEBHOOK_SECRET": environ["PIPELINE_WEBHOOK_SECRET"],
+                "FUZZ_STRIPE_WEBHOOK_SECRET": environ["STRIPE_WEBHOOK_SECRET"],
                 "PYTHONPATH": str(ROOT),
             }
             status = 0

@@ -1,5 +1,6 @@
-"""schemathesis hooks for scripts/fuzz: pipeline callbacks are signed like a pipeline signs them,
-and `generate` asks for the dev server's job kinds as often as for invented ones."""
+"""schemathesis hooks for scripts/fuzz: pipeline callbacks and Stripe events are signed as their
+senders sign them, and `generate` asks for the dev server's job kinds as often as for invented
+ones."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 from typing import Any
 
 import schemathesis
+import stripe
 from hypothesis import strategies as st
 from schemathesis.core import NotSet
 
@@ -27,7 +29,8 @@ def flatmap_body(ctx: Any, body: Any) -> st.SearchStrategy:
 
 @schemathesis.hook
 def before_call(ctx: Any, case: Any, kwargs: dict[str, Any]) -> None:
-    if (case.method.upper(), case.path) != ("POST", "/status"):
+    signer = SIGNERS.get((case.method.upper(), case.path))
+    if signer is None:
         return
     # Sign exactly the bytes that are sent: the body is serialized here, not by the transport.
     if isinstance(case.body, NotSet):
@@ -37,8 +40,20 @@ def before_call(ctx: Any, case: Any, kwargs: dict[str, Any]) -> None:
     else:
         body = json.dumps(case.body).encode()
     try:
-        body.decode()
+        text = body.decode()
     except UnicodeDecodeError:
-        return  # Standard Webhooks sign text: left unsigned, the server must answer 401
+        return  # both schemes sign text: left unsigned, the server must answer 401
     kwargs["data"] = body
-    case.headers = {**(case.headers or {}), **sign(os.environ["FUZZ_WEBHOOK_SECRET"], None, body)}
+    case.headers = {**(case.headers or {}), **signer(text)}
+
+
+def _pipeline_signature(text: str) -> dict[str, str]:
+    return sign(os.environ["FUZZ_WEBHOOK_SECRET"], None, text)
+
+
+def _stripe_signature(text: str) -> dict[str, str]:
+    secret = os.environ["FUZZ_STRIPE_WEBHOOK_SECRET"]
+    return {"Stripe-Signature": stripe.WebhookSignature.generate_signature_header(text, secret)}
+
+
+SIGNERS = {("POST", "/status"): _pipeline_signature, ("POST", "/payments"): _stripe_signature}
