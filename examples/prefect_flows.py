@@ -1,6 +1,6 @@
-"""One Prefect flow per demo kind of the dev server, served by one process:
+"""One Prefect flow per demo kind of the dev server, served by one process (`flow.serve`):
 
-    .venv-prefect/bin/python -m examples.prefect_flows
+    .venv-prefect/bin/python -m examples.prefect_flows  # prints PREFECT_DEPLOYMENTS=...
 
 Each flow is a plain function decorated with `pipeline_flow`: it gets the attempt (its `params`
 and `progress()`), returns the job's result, and raises to fail it (README, "Prefect pipelines").
@@ -50,5 +50,8 @@ FLOWS = {"story": story, "voice": voice, "demo_fail": demo_fail}
 if __name__ == "__main__":
     from prefect import serve
 
-    # One deployment per kind, named after it: PREFECT_DEPLOYMENTS maps kind=deployment id.
-    serve(*(flow.to_deployment(name=kind) for kind, flow in FLOWS.items()))
+    # One deployment per kind, named after it; what the functions' PREFECT_DEPLOYMENTS must say:
+    deployments = [flow.to_deployment(name=kind) for kind, flow in FLOWS.items()]
+    ids = ",".join(f"{deployment.name}={deployment.apply()}" for deployment in deployments)
+    print(f"PREFECT_DEPLOYMENTS={ids}", flush=True)
+    serve(*deployments)

@@ -15,6 +15,7 @@ pending; maintenance dispatches the same attempt again, or fails and refunds it 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,6 +31,10 @@ DISPATCH_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 # Answers that come from a gateway or a timeout, not from the pipeline's decision: it may have
 # accepted the job.
 AMBIGUOUS_STATUSES = frozenset({408, 502, 504})
+# Prefect answers 503 when its database is busy and 429 when rate limited, and asks clients to
+# try again (its own client does); the idempotency key makes a repeat start no second run.
+PREFECT_RETRY_STATUSES = frozenset({429, 503})
+PREFECT_RETRY_DELAYS = (0.25, 0.5, 1.0)
 # What each push pipeline needs before it can be used.
 PIPELINE_REQUIREMENTS = {
     "webhook": "PIPELINE_URL, PIPELINE_WEBHOOK_SECRET and CALLBACK_URL",
@@ -102,6 +107,7 @@ class PrefectDispatcher:
         _post(
             self.http,
             f"{self.api_url}/deployments/{deployment_id}/create_flow_run",
+            retry_delays=PREFECT_RETRY_DELAYS,
             json={
                 "parameters": payload,
                 "idempotency_key": f"{payload['job_id']}:{payload['attempt']}",
@@ -159,16 +165,27 @@ class Pipelines:
                 close()
 
 
-def _post(http: httpx.Client, url: str, **kwargs: Any) -> None:
-    try:
-        response = http.post(url, **kwargs)
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-        raise DispatchError(f"{type(exc).__name__}: could not reach the pipeline") from exc
-    except httpx.HTTPError as exc:
-        # the request may have been delivered: only the pipeline knows whether it took the job
-        raise DispatchError(f"{type(exc).__name__} calling the pipeline", refused=False) from exc
-    if not response.is_success:
-        raise DispatchError(
-            f"the pipeline answered HTTP {response.status_code}",
-            refused=response.status_code not in AMBIGUOUS_STATUSES,
-        )
+def _post(
+    http: httpx.Client, url: str, *, retry_delays: tuple[float, ...] = (), **kwargs: Any
+) -> None:
+    """POST; a PREFECT_RETRY_STATUSES answer is tried again after each of `retry_delays`."""
+    delays = iter(retry_delays)
+    while True:
+        try:
+            response = http.post(url, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise DispatchError(f"{type(exc).__name__}: could not reach the pipeline") from exc
+        except httpx.HTTPError as exc:
+            # the request may have been delivered: only the pipeline knows whether it took the job
+            raise DispatchError(
+                f"{type(exc).__name__} calling the pipeline", refused=False
+            ) from exc
+        if response.is_success:
+            return
+        delay = next(delays, None) if response.status_code in PREFECT_RETRY_STATUSES else None
+        if delay is None:
+            raise DispatchError(
+                f"the pipeline answered HTTP {response.status_code}",
+                refused=response.status_code not in AMBIGUOUS_STATUSES,
+            )
+        time.sleep(delay)

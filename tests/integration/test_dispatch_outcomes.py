@@ -17,7 +17,7 @@ import pytest
 
 from shared.core.db import PostgresDatabase, close_pools
 from shared.push import dispatch
-from shared.push.dispatch import Pipelines, WebhookDispatcher
+from shared.push.dispatch import Pipelines, PrefectDispatcher, WebhookDispatcher
 from shared.push.maintenance import run_maintenance
 from tests.fake_http import fake_server
 from tests.integration.http_helpers import CALLBACK_URL, WEBHOOK_SECRET, http_api
@@ -148,3 +148,18 @@ def test_create_job_refuses_an_unknown_pipeline_name(conn, make_user, pipeline):
             "select public.create_job(p_user_id => %s, p_kind => 'story', p_pipeline => %s)",
             (user, pipeline),
         )
+
+
+def test_prefect_asking_to_try_again_gets_the_same_flow_run_request_again(monkeypatch):
+    monkeypatch.setattr(dispatch, "PREFECT_RETRY_DELAYS", (0.01, 0.01, 0.01))
+    answers = [(503, {}), (429, {}), (201, {"id": "flow-run"})]
+    job = {"id": "00000000-0000-4000-8000-000000000001", "attempt": 1, "kind": "story"}
+    with fake_server(lambda request: answers.pop(0)) as prefect:
+        PrefectDispatcher(prefect.url, {"story": "deployment"}).dispatch(job, CALLBACK_URL)
+        # a Prefect that stays busy: refused after the retries, so `generate` refunds
+        answers.extend([(503, {})] * 4)
+        with pytest.raises(dispatch.DispatchError) as refused:
+            PrefectDispatcher(prefect.url, {"story": "deployment"}).dispatch(job, CALLBACK_URL)
+    assert refused.value.refused
+    assert len(prefect.requests) == 3 + 4
+    assert {r.json()["idempotency_key"] for r in prefect.requests} == {f"{job['id']}:1"}

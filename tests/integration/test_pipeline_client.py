@@ -79,7 +79,7 @@ def user(make_user):
 def dispatched(conn, user, kind: str = "story", **kind_columns) -> Job:
     """A pushed job as its pipeline receives it (charged, attempt 1 dispatched)."""
     add_kind(conn, kind, COST, **kind_columns)
-    job = create_job(conn, user, kind, params={"prompt": "a fox"}, start_attempt=True)
+    job = create_job(conn, user, kind, params={"prompt": "a fox"}, pipeline="webhook")
     return Job.from_dispatch(
         {**job, "job_id": job["id"], "callback_url": CALLBACK_URL, "project_id": None}
     )

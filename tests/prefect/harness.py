@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -92,14 +93,15 @@ class Prefect:
         response.raise_for_status()
         assert response.json()["status"] == "ACCEPT", response.json()
 
-    def wait_for_state(self, flow_run_id: str, state_type: str, timeout: float) -> dict[str, Any]:
+    def wait_for_state(self, flow_run_id: str, *state_types: str, timeout: float = 30.0) -> dict:
+        """The flow run once its state is one of state_types."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             run = self.http.get(f"/flow_runs/{flow_run_id}").json()
-            if run["state_type"] == state_type:
+            if run["state_type"] in state_types:
                 return run
             time.sleep(0.2)
-        pytest.fail(f"flow run {flow_run_id} not {state_type} within {timeout}s: {run['state']}")
+        pytest.fail(f"flow run {flow_run_id} not {state_types} after {timeout}s: {run['state']}")
 
 
 def clean_environment(**env: str) -> dict[str, str]:
@@ -146,6 +148,11 @@ class Api:
 
     def wait_until_finished(self, job_id: str) -> dict[str, Any]:
         return self.wait_until(job_id, lambda job: job["status"] in FINISHED)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The dev server's log events (shared.core.log) called name, oldest first."""
+        lines = [line for line in self.server.output if line.startswith('{"event":')]
+        return [event for event in map(json.loads, lines) if event["event"] == name]
 
     def maintenance(self) -> dict[str, int]:
         response = self.http.post(
