@@ -12,12 +12,10 @@ function); `reports` wraps a handler so that a run cannot forget to report:
 
     story(payload)  # in the webhook service, for each dispatch it accepts
 
-It reports `processing` on entry and every `heartbeat_seconds` (which keeps the job's lease:
-keep it under a third of the kind's `lease_seconds`), progress when asked, `completed` with the
-return value, or `failed` when the handler raises (`retryable` when the exception has
-`retryable = True`, as `RetryableError` does: another attempt then follows if the kind allows).
-`PipelineClient.attempt()` is the same as a context manager. A process that dies mid-run
-reports nothing: its lease expires and maintenance retries the job or fails and refunds it.
+It reports `processing` on entry and every `heartbeat_seconds` (the job's lease: keep it under
+a third of the kind's `lease_seconds`), progress when asked, `completed` with the return value,
+or `failed` when the handler raises. `PipelineClient.attempt()` is the same as a context manager.
+The rules in full: docs/pipelines.md, "Pipeline helpers".
 """
 
 from __future__ import annotations
@@ -268,13 +266,12 @@ class Attempt:
                 self._final("completed", result=self.result, credits_used=self.credits_used)
             except (TypeError, ValueError, ReportError) as refused:
                 # A result the API cannot take (not JSON, over 1 MiB, credits_used above the
-                # price) fails the job like a bug would, so its user is refunded now; a report
-                # that could not be delivered is left to the lease.
-                if isinstance(refused, AttemptLost) or (
-                    isinstance(refused, ReportError) and refused.status is None
+                # price) fails the job like a bug would, so its user is refunded now. A lost
+                # attempt is not ours to fail; an undelivered report is left to the lease.
+                if not isinstance(refused, ReportError) or (
+                    refused.status is not None and not isinstance(refused, AttemptLost)
                 ):
-                    raise
-                self._fail(refused)
+                    self._fail(refused)
                 raise
         elif isinstance(exc, Exception) and not isinstance(exc, AttemptLost):
             self._fail(exc)

@@ -11,20 +11,13 @@
 
     story.serve(name="story")  # then PREFECT_DEPLOYMENTS=story=<this deployment's id>
 
-The flow's parameters are the dispatch payload (`job_id, attempt, kind, params, project_id,
-callback_url`), so `PIPELINE=prefect` can start it. Its run reports as
-`shared.pipeline.client.reports` does (`processing`, heartbeats, progress, `completed` with the
-return value, `failed` when the handler raises), before Prefect records the run's end, so a
-Completed flow run means a completed job. What the run cannot report itself, the flow's state
-hooks do, each as a `failed` report (a repeat is a harmless `duplicate`):
-
-- on_cancellation: cancelled from the Prefect UI or API: failed, refunded.
-- on_crashed: the run's process crashed: failed as retryable, as an expired lease would be.
-- on_failure: the run failed before or outside the handler (e.g. invalid parameters).
-
-When the job is no longer the attempt's (cancelled by its user, or retried after this run
-stalled), the run ends Cancelled. Retries belong to the job kind (`max_attempts`; raise
-`RetryableError`), not to Prefect, so `retries` is refused.
+The flow's parameters are the dispatch payload, so `PIPELINE=prefect` can start it. Its run
+reports as `shared.pipeline.client.reports` does, `completed` before Prefect records the run's
+end (a Completed flow run means a completed job). The state hooks report `failed` for what the
+run cannot report itself: a cancellation from the Prefect UI or API (refunded), a crash of its
+process (retryable, as an expired lease would be), a failure outside the handler. A run whose
+attempt is lost ends Cancelled. Retries belong to the job kind (`max_attempts`), so Prefect's
+`retries` is refused. In full: docs/pipelines.md, "Pipeline helpers".
 """
 
 # No `from __future__ import annotations`: Prefect reads the flow's parameter types at runtime.
