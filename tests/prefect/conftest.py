@@ -24,7 +24,7 @@ import psycopg
 import pytest
 
 from shared.dev.embedded import with_database
-from tests.acceptance.test_dev_server_e2e import DevServer, free_port
+from tests.dev_server import DevServer, free_port
 from tests.helpers import create_database, drop_database
 from tests.integration.http_helpers import MAINTENANCE_TOKEN, WEBHOOK_SECRET
 from tests.prefect.harness import ROOT, Prefect, Process, clean_environment

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from shared.core.settings import ENVIRONMENT_VARIABLES
-from tests.acceptance.test_dev_server_e2e import DevServer
+from tests.dev_server import DevServer
 from tests.integration.http_helpers import MAINTENANCE_TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,12 +154,18 @@ class Api:
         lines = [line for line in self.server.output if line.startswith('{"event":')]
         return [event for event in map(json.loads, lines) if event["event"] == name]
 
-    def maintenance(self) -> dict[str, int]:
+    def maintenance(self, *, reaped: int, retried: int, redispatched: int) -> None:
+        """Run maintenance as the scheduler does; it must reap, retry and re-dispatch so many."""
         response = self.http.post(
             "/maintenance", headers={"Authorization": f"Bearer {MAINTENANCE_TOKEN}"}
         )
         assert response.status_code == 200, response.text
-        return response.json()
+        summary = response.json()
+        assert (summary["reaped"], summary["retried"], summary["redispatched"]) == (
+            reaped,
+            retried,
+            redispatched,
+        ), summary
 
 
 def wait_for_file(path: Path, timeout: float = JOB_TIMEOUT) -> str:
