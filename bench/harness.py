@@ -48,6 +48,10 @@ class Config:
     stalled_jobs: int = 100_000
     reap_batches: list[int] = field(default_factory=lambda: [100, 1000])
     foreground_clients: int = 8
+    flat_backlogs: list[int] = field(default_factory=lambda: [0, 100_000, 1_000_000])
+    flat_samples: int = 300
+    fair_heavy_jobs: int = 10_000
+    fair_other_users: int = 100
     overdraw_users: int = 20
     overdraw_jobs_per_user: int = 10
     overdraw_attempts_per_client: int = 60
@@ -71,6 +75,10 @@ class Config:
             stalled_jobs=300,
             reap_batches=[100],
             foreground_clients=4,
+            flat_backlogs=[0, 300, 1500],
+            flat_samples=10,
+            fair_heavy_jobs=300,
+            fair_other_users=20,
             overdraw_users=5,
             overdraw_attempts_per_client=20,
             http_workers=1,
