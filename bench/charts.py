@@ -29,7 +29,11 @@ def draw(results: dict[str, Any], out: Path) -> list[Path]:
         drawn.append(_history(s["history"], out / "history.png"))
     if "reaping" in s:
         drawn.append(_reaping(s["reaping"], out / "reaping.png"))
-    targets = [t for t in results.get("targets", []) if t["goal"].startswith((">=", "<= 2"))]
+    if "flat_cost" in s:
+        drawn.append(_flat_cost(s["flat_cost"], out / "flat_cost.png"))
+    targets = [
+        t for t in results.get("targets", []) if t["goal"].startswith((">=", "<= 2", "<= 1.5"))
+    ]
     if targets:
         drawn.append(_ratios(targets, out / "ratios.png"))
     return drawn
@@ -108,6 +112,31 @@ def _reaping(reaping: dict[str, Any], path: Path) -> Path:
         f"{reaping['stalled_jobs']:,} stalled jobs"
     )
     ax.legend()
+    return _save(fig, path)
+
+
+def _flat_cost(flat: dict[str, Any], path: Path) -> Path:
+    ops = list(flat["operations"])
+    sizes = [str(size) for size in flat["backlogs"]]
+    fig, (lat, growth) = plt.subplots(1, 2, figsize=(13, 0.42 * len(ops) + 2), sharey=True)
+    ys = range(len(ops))
+    height = 0.8 / len(sizes)
+    for i, size in enumerate(sizes):
+        offsets = [y - 0.4 + (i + 0.5) * height for y in ys]
+        label = f"{int(size):,} queued + in flight"
+        lat.barh(offsets, [flat["operations"][op][size]["p50_ms"] for op in ops], height,
+                 label=label)  # fmt: skip
+        if i:
+            growth.barh(offsets, [flat["operations"][op][size]["ratio"] for op in ops], height,
+                        label=label, color=f"C{i}")  # fmt: skip
+    growth.axvline(1.5, color="black", linewidth=1, linestyle=":")
+    lat.set_yticks(list(ys))
+    lat.set_yticklabels(ops, fontsize=8)
+    lat.invert_yaxis()
+    lat.set(xlabel="median ms per call", title="Hot operations, one connection")
+    growth.set(xlabel="median against the empty queue (dotted: 1.5)", title="Growth")
+    lat.legend(fontsize=7)
+    growth.legend(fontsize=7)
     return _save(fig, path)
 
 

@@ -63,6 +63,18 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"reap {reaping['stalled_jobs']:,} stalled jobs", "<= 60 s", seconds, seconds <= 60)
         r = reaping["median"]["p99_ratio"]
         add("foreground p99 while reaping / idle p99", "<= 2.0", r, _le(r, 2.0))
+    flat = s.get("flat_cost")
+    if flat:
+        largest = str(flat["backlogs"][-1])
+        worst, op = max((by[largest]["ratio"], op) for op, by in flat["operations"].items())
+        add("flat cost: worst growth of a hot operation", "<= 1.5", worst, worst <= 1.5,
+            f"{op}, {int(largest):,} queued + {int(largest):,} in flight")  # fmt: skip
+        fair = flat["fairness"]
+        share = min(fair["served_one_at_a_time"], fair["served_in_batches_of_10"])
+        add(f"fair claims: other users served in the next {fair['other_users']} claims",
+            f"at least {0.9 * fair['other_users']:.0f}", share, share >= 0.9 * fair["other_users"],
+            f"one at a time {fair['served_one_at_a_time']}, in batches of 10"
+            f" {fair['served_in_batches_of_10']}")  # fmt: skip
     return rows
 
 
@@ -102,6 +114,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", *_history_table(s["history"])]
     if "reaping" in s:
         lines += ["", *_reaping_table(s["reaping"])]
+    if "flat_cost" in s:
+        lines += ["", *_flat_cost_table(s["flat_cost"])]
     return "\n".join(lines) + "\n"
 
 
@@ -179,6 +193,31 @@ def _reaping_table(reaping: dict[str, Any]) -> list[str]:
             f" | {m['while_reaping']['rate']:,.0f} | {m['idle']['p99_ms']}"
             f" | {m['while_reaping']['p99_ms']} | {m['p99_ratio']} |"
         )
+    return lines
+
+
+def _flat_cost_table(flat: dict[str, Any]) -> list[str]:
+    sizes = [str(size) for size in flat["backlogs"]]
+    fair = flat["fairness"]
+    lines = [
+        f"**Flat cost**: median ms per call (one connection, {flat['samples']} samples per"
+        " round, median of rounds) with N jobs queued and N in flight; x growth against N = 0",
+        "",
+        "| operation | " + " | ".join(f"N = {int(size):,}" for size in sizes) + " |",
+        "|---" * (len(sizes) + 1) + "|",
+    ]
+    for op, by_size in flat["operations"].items():
+        cells = [f"{by_size[sizes[0]]['p50_ms']:.3f}"]
+        cells += [f"{by_size[s]['p50_ms']:.3f} (x{by_size[s]['ratio']:.2f})" for s in sizes[1:]]
+        lines.append(f"| {op} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"**Fair claims**: one user with {fair['heavy_jobs']:,} jobs waiting, {fair['other_users']}"
+        f" other users one each: the next {fair['other_users']} claims served"
+        f" {fair['served_one_at_a_time']} of the others one at a time"
+        f" ({fair['claim_p50_ms']} ms per claim), {fair['served_in_batches_of_10']} in batches"
+        f" of 10 ({fair['batch_claim_p50_ms']} ms per batch).",
+    ]
     return lines
 
 

@@ -3,7 +3,9 @@
 -- that is not due, so jobs of other kinds, of paused kinds, still waiting out a retry delay,
 -- waiting on a pipeline or in flight are never walked. Within a kind, waiting jobs are served
 -- round robin across users (jobs.fair_key), so one user's backlog does not delay anyone else's
--- job.
+-- job. The queue functions run with plan_cache_mode = force_generic_plan: each statement is
+-- planned once per connection, not on every call (planning against a big jobs table costs more
+-- than these index probes); tests/integration/test_flat_cost.py checks those plans.
 
 ---------------------------------------------------------------------------------------------------
 -- The fair order
@@ -83,6 +85,7 @@ $$;
 create function credit_jobs_internal.set_fair_key() returns trigger
 language plpgsql
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
 begin
   -- a retry still in its delay takes its place when it is due (queue_due_retries)
@@ -115,6 +118,7 @@ create function credit_jobs_internal.queue_due_retries(
 ) returns void
 language plpgsql
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_job record;
@@ -147,6 +151,7 @@ create or replace function public.claim_jobs(
 language plpgsql
 security definer
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_jobs jsonb;
@@ -224,6 +229,7 @@ create or replace function public.take_jobs_to_dispatch(p_limit integer default 
 language plpgsql
 security definer
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_job public.jobs;
@@ -308,14 +314,15 @@ $$;
 -- reap_stalled_jobs, fail_unstarted_jobs: the batch is an array of ids
 ---------------------------------------------------------------------------------------------------
 
--- Unchanged but for how the batch is joined back: `id = any (array(...))` is looked up by primary
--- key whatever the plan, where `id in (...)` may become a hash join over a scan of every job once
--- PostgreSQL caches a generic plan (p_limit unknown). The batch scans read jobs_processing_lease
--- and jobs_waiting_to_start.
+-- Unchanged but for generic plans and how the batch is joined back: `id = any (array(...))` is
+-- looked up by primary key, where `id in (...)` may become, in a generic plan (p_limit unknown),
+-- a hash join over a scan of every job. The batch scans read jobs_processing_lease and
+-- jobs_waiting_to_start.
 create or replace function public.reap_stalled_jobs(p_limit integer default 100) returns jsonb
 language plpgsql
 security definer
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_job public.jobs;
@@ -364,6 +371,7 @@ create or replace function public.fail_unstarted_jobs(p_limit integer default 10
 language plpgsql
 security definer
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_job public.jobs;

@@ -33,6 +33,8 @@ def test_every_scenario_runs_and_reports(
         "lifecycle / tpcb-like",
         "history p99",
         "foreground p99 while reaping / idle p99",
+        "flat cost: worst growth of a hot operation",
+        "fair claims: other users served in the next 20 claims",
     }
     # The correctness half of the comparisons holds at any size.
     overdraw = results["scenarios"]["seed_way"]["overdraw"]["2"]
@@ -42,6 +44,8 @@ def test_every_scenario_runs_and_reports(
     assert all(r["stalled_left"] == 0 and r["ledger_discrepancies"] == 0
                for batch in reaping.values() for r in batch["runs"])  # fmt: skip
     assert results["scenarios"]["history"]["plan_uses_index"] in (True, False)
+    fairness = results["scenarios"]["flat_cost"]["fairness"]
+    assert fairness["served_one_at_a_time"] >= 18 and fairness["served_in_batches_of_10"] >= 18
     assert (tmp_path / record.name.replace(".json", ".md")).exists()
     if charts:
-        assert len(list((tmp_path / record.stem).glob("*.png"))) == 6
+        assert len(list((tmp_path / record.stem).glob("*.png"))) == 7
