@@ -29,9 +29,7 @@ from bench.harness import Config, Context
 from bench.server import start, stop
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = (
-    "sql_core", "hot_account", "seed_way", "http_api", "history", "reaping", "flat_cost"
-)
+SCENARIOS = ("sql_core", "hot_account", "seed_way", "http_api", "history", "reaping", "flat_cost")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

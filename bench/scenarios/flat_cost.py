@@ -21,7 +21,6 @@ from collections import defaultdict, deque
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from bench.harness import USER_ID_SQL, Context, user_id
 from bench.load import median, percentile
@@ -88,6 +87,7 @@ HISTORY = (
 )
 CREATE = "select public.create_job(p_user_id => %s, p_kind => %s)"
 CLAIM = "select public.claim_jobs(p_worker_id => 'bench', p_kinds => %s, p_limit => %s)"
+CANCEL = "select public.cancel_job(p_job_id => %s, p_user_id => %s)"
 OPERATIONS = (
     "create_job",
     "cancel_job",
@@ -122,72 +122,72 @@ def load_backlog(conn: psycopg.Connection, first: int, last: int, users: int) ->
     conn.execute("vacuum analyze public.jobs")
 
 
+REPORT = "select public.{}(p_job_id => %s, p_attempt => %s{})"
+HISTORY_PAGE = "select public.{}(p_user_id => %s, p_limit => 20)"
+SCAN = "select public.{}(p_limit => 100)"
+
+
 class Probe:
-    """One database of one backlog size, its connection, the jobs it has in play and timings."""
+    """One database of one backlog size, its connection, the jobs it has in play and timings.
+
+    Jobs flow from operation to operation: created -> (cancelled | claimed) -> heartbeat ->
+    completed, or claimed -> reported -> failed.
+    """
 
     def __init__(self, url: str, size: int, users: int, seed: int) -> None:
         self.url, self.size, self.users = url, size, users
         self.conn = psycopg.connect(url, autocommit=True)
         self.rng = random.Random(seed)
+        self.reset()
+
+    def reset(self) -> None:
+        """A new round: no timings, and jobs left over from the last round are not reused."""
         self.timings: dict[str, list[float]] = defaultdict(list)
         self.created: deque[tuple[dict, Any]] = deque()
         self.claimed: deque[dict] = deque()
         self.beating: deque[dict] = deque()
         self.reported: deque[dict] = deque()
 
-    def timed(self, op: str, sql: str, params: tuple) -> Any:
+    def timed(self, op: str, sql: str, params: tuple = ()) -> Any:
         started = time.perf_counter()
         (body,) = self.conn.execute(sql, params).fetchone()
         self.timings[op].append((time.perf_counter() - started) * 1000)
         return body
 
-    def user(self) -> Any:
-        return user_id(self.rng.randint(2, self.users))
+    def report(self, op: str, source: deque[dict], sink: deque[dict] | None, extra: str) -> None:
+        job = source.popleft()
+        self.timed(op, REPORT.format(op, extra), (job["id"], job["attempt"]))
+        if sink is not None:
+            sink.append(job)
 
     def run(self, op: str, n: int) -> None:
         for _ in range(n):
             self.step(op)
 
     def step(self, op: str) -> None:
+        function = op.split()[0]
         if op == "create_job":
-            owner = self.user()
+            owner = user_id(self.rng.randint(2, self.users))
             self.created.append((self.timed(op, CREATE, (owner, HOT))["job"], owner))
         elif op == "cancel_job":
             job, owner = self.created.popleft()
-            self.timed(op, "select public.cancel_job(p_job_id => %s, p_user_id => %s)",
-                       (job["id"], owner))  # fmt: skip
-        elif op.startswith("claim_jobs"):
+            self.timed(op, CANCEL, (job["id"], owner))
+        elif function == "claim_jobs":
             kinds = [HOT] if op == "claim_jobs (kind)" else None
-            (job,) = self.timed(op, CLAIM, (kinds, 1))["jobs"]
-            self.claimed.append(job)
+            self.claimed.extend(self.timed(op, CLAIM, (kinds, 1))["jobs"])
         elif op == "heartbeat_job":
-            job = self.claimed.popleft()
-            self.timed(op, "select public.heartbeat_job(p_job_id => %s, p_attempt => %s,"
-                       " p_progress => 50)", (job["id"], job["attempt"]))  # fmt: skip
-            self.beating.append(job)
+            self.report(op, self.claimed, self.beating, ", p_progress => 50")
         elif op == "apply_pipeline_report":
-            job = self.claimed.popleft()
-            self.timed(op, "select public.apply_pipeline_report(p_job_id => %s, p_attempt => %s,"
-                       " p_status => 'processing', p_progress => 50)",
-                       (job["id"], job["attempt"]))  # fmt: skip
-            self.reported.append(job)
+            extra = ", p_status => 'processing', p_progress => 50"
+            self.report(op, self.claimed, self.reported, extra)
         elif op == "complete_job":
-            job = self.beating.popleft()
-            self.timed(op, "select public.complete_job(p_job_id => %s, p_attempt => %s,"
-                       " p_result => %s)", (job["id"], job["attempt"], Jsonb({"ok": True})))  # fmt: skip
+            self.report(op, self.beating, None, ", p_result => '{\"ok\": true}'")
         elif op == "fail_job":
-            job = self.reported.popleft()
-            self.timed(op, "select public.fail_job(p_job_id => %s, p_attempt => %s,"
-                       " p_error => 'bench')", (job["id"], job["attempt"]))  # fmt: skip
-        elif op.startswith(("reap", "take", "fail_unstarted")):
-            function = op.split()[0]
-            self.timed(op, f"select public.{function}(p_limit => 100)", ())
-        elif op.startswith("list_jobs"):
-            self.timed(op, "select public.list_jobs(p_user_id => %s, p_limit => 20)",
-                       (user_id(HISTORY_USER),))  # fmt: skip
+            self.report(op, self.reported, None, ", p_error => 'bench'")
+        elif function in ("list_jobs", "get_credits"):
+            self.timed(op, HISTORY_PAGE.format(function), (user_id(HISTORY_USER),))
         else:
-            self.timed(op, "select public.get_credits(p_user_id => %s, p_limit => 20)",
-                       (user_id(HISTORY_USER),))  # fmt: skip
+            self.timed(op, SCAN.format(function))
 
 
 # How many calls of each operation per sample unit: claims need jobs created, and so on down.
@@ -231,10 +231,11 @@ def _flat_cost(ctx: Context) -> dict[str, Any]:
     for round_no in range(1, cfg.runs + 1):
         ctx.log(f"s7 flat cost, round {round_no}/{cfg.runs}: {cfg.flat_samples} samples each")
         for probe in probes:
-            probe.timings.clear()
+            probe.reset()
         _measure(ctx, probes, cfg.flat_samples)
-        rounds.append({str(p.size): {op: _summary(p.timings[op]) for op in OPERATIONS}
-                       for p in probes})  # fmt: skip
+        rounds.append(
+            {str(p.size): {op: _summary(p.timings[op]) for op in OPERATIONS} for p in probes}
+        )
     for probe in probes:
         probe.conn.close()
         ctx.drop(probe.url)
@@ -255,8 +256,12 @@ def _flat_cost(ctx: Context) -> dict[str, Any]:
             f"{int(s):>9,}: {v['p50_ms']:6.3f} ms x{v['ratio']:.2f}" for s, v in by_size.items()
         )
         ctx.log(f"    {op:<36} {growth}")
-    return {"backlogs": sizes, "samples": cfg.flat_samples, "operations": operations,
-            "rounds": rounds}  # fmt: skip
+    return {
+        "backlogs": sizes,
+        "samples": cfg.flat_samples,
+        "operations": operations,
+        "rounds": rounds,
+    }
 
 
 def _fairness(ctx: Context) -> dict[str, Any]:

@@ -62,13 +62,15 @@ drop index public.jobs_lease;
 -- Taking a place: on insert, when a job goes back to waiting, and when a retry's delay is over
 ---------------------------------------------------------------------------------------------------
 
+-- plpgsql, so its statement is planned once per connection (its callers plan generically).
 create function credit_jobs_internal.next_fair_key(p_kind text, p_pushed boolean, p_user_id uuid)
 returns bigint
-language sql
+language plpgsql
 stable
 set search_path = ''
 as $$
-  select greatest(
+begin
+  return greatest(
     (select j.fair_key from public.jobs j  -- jobs_fair_queue: the round served now
      where j.kind = p_kind and j.pushed = p_pushed and j.status = 'pending'
        and j.dispatched_at is null and j.fair_key is not null
@@ -79,7 +81,8 @@ as $$
        and j.status = 'pending' and j.dispatched_at is null and j.fair_key is not null
      order by j.fair_key desc
      limit 1),
-    0) + 1
+    0) + 1;
+end;
 $$;
 
 create function credit_jobs_internal.set_fair_key() returns trigger
