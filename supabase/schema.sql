@@ -41,6 +41,7 @@ CREATE TABLE public.jobs (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     started_at timestamp with time zone,
     finished_at timestamp with time zone,
+    fair_key bigint,
     CONSTRAINT jobs_attempt_check CHECK ((attempt >= 0)),
     CONSTRAINT jobs_check CHECK (((credits_used >= 0) AND (credits_used <= cost))),
     CONSTRAINT jobs_check1 CHECK (((refunded >= 0) AND (refunded <= cost))),
@@ -52,6 +53,13 @@ CREATE TABLE public.jobs (
     CONSTRAINT jobs_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'completed'::text, 'failed'::text, 'cancelled'::text]))),
     CONSTRAINT jobs_step_number_check CHECK (((step_number >= 1) AND (step_number <= 1000)))
 );
+
+
+--
+-- Name: COLUMN jobs.fair_key; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.jobs.fair_key IS 'place in the kind''s round-robin order while the job waits for an attempt to start (claimed or dispatched in ascending order); null while a retry waits out its delay';
 
 
 --
@@ -445,6 +453,31 @@ $$;
 
 
 --
+-- Name: next_fair_key(text, boolean, uuid); Type: FUNCTION; Schema: credit_jobs_internal; Owner: -
+--
+
+CREATE FUNCTION credit_jobs_internal.next_fair_key(p_kind text, p_pushed boolean, p_user_id uuid) RETURNS bigint
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+begin
+  return greatest(
+    (select j.fair_key from public.jobs j  -- jobs_fair_queue: the round served now
+     where j.kind = p_kind and j.pushed = p_pushed and j.status = 'pending'
+       and j.dispatched_at is null and j.fair_key is not null
+     order by j.fair_key
+     limit 1),
+    (select j.fair_key from public.jobs j  -- jobs_fair_user: the owner's last round
+     where j.user_id = p_user_id and j.kind = p_kind and j.pushed = p_pushed
+       and j.status = 'pending' and j.dispatched_at is null and j.fair_key is not null
+     order by j.fair_key desc
+     limit 1),
+    0) + 1;
+end;
+$$;
+
+
+--
 -- Name: post_entry(uuid, uuid, text, bigint, text); Type: FUNCTION; Schema: credit_jobs_internal; Owner: -
 --
 
@@ -514,6 +547,35 @@ CREATE FUNCTION credit_jobs_internal.project_json(p_project public.projects) RET
     'created_at', p_project.created_at,
     'updated_at', p_project.updated_at
   )
+$$;
+
+
+--
+-- Name: queue_due_retries(text, boolean, integer); Type: FUNCTION; Schema: credit_jobs_internal; Owner: -
+--
+
+CREATE FUNCTION credit_jobs_internal.queue_due_retries(p_kind text, p_pushed boolean, p_limit integer) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+declare
+  v_job record;
+begin
+  for v_job in
+    select j.id, j.user_id
+    from public.jobs j  -- jobs_retry_delay
+    where j.kind = p_kind and j.pushed = p_pushed and j.status = 'pending'
+      and j.dispatched_at is null and j.fair_key is null and j.available_at <= now()
+    order by j.available_at
+    limit p_limit
+    for update skip locked
+  loop
+    update public.jobs
+    set fair_key = credit_jobs_internal.next_fair_key(p_kind, p_pushed, v_job.user_id)
+    where id = v_job.id;
+  end loop;
+end;
 $$;
 
 
@@ -592,6 +654,24 @@ begin
     v_grants := v_grants + 1;
   end loop;
   return jsonb_build_object('revoked', v_revoked, 'shortfall', v_shortfall, 'grants', v_grants);
+end;
+$$;
+
+
+--
+-- Name: set_fair_key(); Type: FUNCTION; Schema: credit_jobs_internal; Owner: -
+--
+
+CREATE FUNCTION credit_jobs_internal.set_fair_key() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+begin
+  -- a retry still in its delay takes its place when it is due (queue_due_retries)
+  new.fair_key := case when new.available_at <= now()
+    then credit_jobs_internal.next_fair_key(new.kind, new.pushed, new.user_id) end;
+  return new;
 end;
 $$;
 
@@ -951,6 +1031,7 @@ $$;
 CREATE FUNCTION public.claim_jobs(p_worker_id text, p_kinds text[] DEFAULT NULL::text[], p_limit integer DEFAULT 1) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
   v_jobs jsonb;
@@ -963,20 +1044,33 @@ begin
     perform credit_jobs_internal.raise_error('CJ007', 'limit must be between 1 and 1000');
   end if;
 
-  -- lock + write: skip rows another worker holds; each claim starts a new attempt
-  with picked as (
-    select j.id
-    from public.jobs j
-    join public.job_kinds k on k.kind = j.kind
-    where j.status = 'pending'
-      and j.available_at <= now()
-      and j.available_at + make_interval(secs => k.dispatch_timeout_seconds) >= now()
-      and not j.pushed
-      and not k.paused
-      and (p_kinds is null or j.kind = any (p_kinds))
-    order by j.available_at, j.created_at
+  perform credit_jobs_internal.queue_due_retries(k.kind, false, p_limit)
+  from public.job_kinds k
+  where not k.paused and (p_kinds is null or k.kind = any (p_kinds));
+
+  -- lock + write: per unpaused requested kind, the head of its fair order (skipping rows another
+  -- worker holds, and jobs past their start deadline: fail_unstarted_jobs refunds those); kinds
+  -- interleave by round relative to their own head. Each claim starts a new attempt.
+  with candidates as (
+    select k.kind, c.id, c.fair_key, c.available_at
+    from public.job_kinds k
+    cross join lateral (
+      select j.id, j.fair_key, j.available_at
+      from public.jobs j  -- jobs_fair_queue
+      where j.kind = k.kind and not j.pushed and j.status = 'pending'
+        and j.dispatched_at is null and j.fair_key is not null
+        and j.available_at <= now()
+        and j.available_at + make_interval(secs => k.dispatch_timeout_seconds) >= now()
+      order by j.fair_key, j.available_at
+      limit p_limit
+      for update of j skip locked
+    ) c
+    where not k.paused and (p_kinds is null or k.kind = any (p_kinds))
+  ), picked as (
+    select id
+    from candidates
+    order by fair_key - min(fair_key) over (partition by kind), available_at
     limit p_limit
-    for update of j skip locked
   ), claimed as (
     update public.jobs j
     set status = 'processing',
@@ -1285,6 +1379,7 @@ $$;
 CREATE FUNCTION public.fail_unstarted_jobs(p_limit integer DEFAULT 100) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
   v_job public.jobs;
@@ -1299,7 +1394,7 @@ begin
   for v_job in
     select j.*
     from public.jobs j
-    where j.id in (
+    where j.id = any (array(
       select overdue.id
       from public.job_kinds kk
       cross join lateral (
@@ -1310,7 +1405,7 @@ begin
         order by c.available_at
         limit p_limit
         for update of c skip locked) overdue
-      limit p_limit)
+      limit p_limit))
     order by j.user_id
   loop
     select dispatch_timeout_seconds into v_timeout from public.job_kinds where kind = v_job.kind;
@@ -1726,6 +1821,7 @@ $$;
 CREATE FUNCTION public.reap_stalled_jobs(p_limit integer DEFAULT 100) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
   v_job public.jobs;
@@ -1740,12 +1836,12 @@ begin
   for v_job in
     select j.*
     from public.jobs j
-    where j.id in (
+    where j.id = any (array(
       select id from public.jobs
       where status = 'processing' and lease_expires_at < now()
       order by lease_expires_at
       limit p_limit
-      for update skip locked)
+      for update skip locked))
     order by j.user_id
   loop
     v_reaped := v_reaped + 1;
@@ -1858,6 +1954,7 @@ $$;
 CREATE FUNCTION public.take_jobs_to_dispatch(p_limit integer DEFAULT 100) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
   v_job public.jobs;
@@ -1869,24 +1966,50 @@ begin
   if p_limit is null or p_limit not between 1 and 10000 then
     perform credit_jobs_internal.raise_error('CJ007', 'limit must be between 1 and 10000');
   end if;
+
+  perform credit_jobs_internal.queue_due_retries(k.kind, true, p_limit)
+  from public.job_kinds k
+  where not k.paused;
+
   -- lock: one batch, skipping rows a live report or another maintenance run holds;
   -- accounts (refunds) in user order
   for v_job in
     select j.*
     from public.jobs j
-    where j.id in (
-      select c.id
-      from public.jobs c
-      join public.job_kinds k on k.kind = c.kind
-      where c.status = 'pending' and c.pushed
-        and (
-          (c.dispatched_at is null and c.available_at <= now() and not k.paused
-            and c.available_at + make_interval(secs => k.dispatch_timeout_seconds) >= now())
-          or (c.dispatched_at is not null and c.lease_expires_at < now() and not k.paused)
-          or c.dispatched_at + make_interval(secs => k.dispatch_timeout_seconds) < now())
-      order by c.available_at
-      limit p_limit
-      for update of c skip locked)
+    where j.id = any (array(
+      select due.id
+      from public.job_kinds k
+      cross join lateral (
+        select a.id from (
+          select c.id
+          from public.jobs c  -- (a) jobs_fair_queue
+          where not k.paused and c.kind = k.kind and c.pushed and c.status = 'pending'
+            and c.dispatched_at is null and c.fair_key is not null
+            and c.available_at <= now()
+            and c.available_at + make_interval(secs => k.dispatch_timeout_seconds) >= now()
+          order by c.fair_key, c.available_at
+          limit p_limit
+          for update of c skip locked) a
+        union all
+        select b.id from (
+          select c.id
+          from public.jobs c  -- (b) jobs_awaiting_pipeline
+          where not k.paused and c.kind = k.kind and c.status = 'pending'
+            and c.dispatched_at is not null and c.lease_expires_at < now()
+          order by c.lease_expires_at
+          limit p_limit
+          for update of c skip locked) b
+        union all
+        select o.id from (
+          select c.id
+          from public.jobs c  -- (c) jobs_dispatch_deadline
+          where c.kind = k.kind and c.status = 'pending'
+            and c.dispatched_at < now() - make_interval(secs => k.dispatch_timeout_seconds)
+          order by c.dispatched_at
+          limit p_limit
+          for update of c skip locked) o
+      ) due
+      limit p_limit))
     order by j.user_id
   loop
     select * into v_kind from public.job_kinds where kind = v_job.kind;
@@ -2371,10 +2494,31 @@ CREATE INDEX credit_ledger_user_history ON public.credit_ledger USING btree (use
 
 
 --
--- Name: jobs_claimable; Type: INDEX; Schema: public; Owner: -
+-- Name: jobs_awaiting_pipeline; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX jobs_claimable ON public.jobs USING btree (available_at) WHERE (status = 'pending'::text);
+CREATE INDEX jobs_awaiting_pipeline ON public.jobs USING btree (kind, lease_expires_at) WHERE ((status = 'pending'::text) AND (dispatched_at IS NOT NULL));
+
+
+--
+-- Name: jobs_dispatch_deadline; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX jobs_dispatch_deadline ON public.jobs USING btree (kind, dispatched_at) WHERE ((status = 'pending'::text) AND (dispatched_at IS NOT NULL));
+
+
+--
+-- Name: jobs_fair_queue; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX jobs_fair_queue ON public.jobs USING btree (kind, pushed, fair_key, available_at) WHERE ((status = 'pending'::text) AND (dispatched_at IS NULL) AND (fair_key IS NOT NULL));
+
+
+--
+-- Name: jobs_fair_user; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX jobs_fair_user ON public.jobs USING btree (user_id, kind, pushed, fair_key) WHERE ((status = 'pending'::text) AND (dispatched_at IS NULL) AND (fair_key IS NOT NULL));
 
 
 --
@@ -2385,10 +2529,10 @@ CREATE UNIQUE INDEX jobs_idempotency_key ON public.jobs USING btree (user_id, id
 
 
 --
--- Name: jobs_lease; Type: INDEX; Schema: public; Owner: -
+-- Name: jobs_processing_lease; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX jobs_lease ON public.jobs USING btree (lease_expires_at) WHERE (lease_expires_at IS NOT NULL);
+CREATE INDEX jobs_processing_lease ON public.jobs USING btree (lease_expires_at) WHERE (status = 'processing'::text);
 
 
 --
@@ -2399,10 +2543,10 @@ CREATE INDEX jobs_project ON public.jobs USING btree (project_id);
 
 
 --
--- Name: jobs_to_dispatch; Type: INDEX; Schema: public; Owner: -
+-- Name: jobs_retry_delay; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX jobs_to_dispatch ON public.jobs USING btree (available_at) WHERE ((status = 'pending'::text) AND pushed);
+CREATE INDEX jobs_retry_delay ON public.jobs USING btree (kind, pushed, available_at) WHERE ((status = 'pending'::text) AND (dispatched_at IS NULL) AND (fair_key IS NULL));
 
 
 --
@@ -2473,6 +2617,20 @@ CREATE TRIGGER job_kinds_guard_delete BEFORE DELETE OR UPDATE OF kind ON public.
 --
 
 CREATE TRIGGER jobs_guard_update BEFORE UPDATE ON public.jobs FOR EACH ROW EXECUTE FUNCTION credit_jobs_internal.guard_job_update();
+
+
+--
+-- Name: jobs jobs_set_fair_key_on_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER jobs_set_fair_key_on_insert BEFORE INSERT ON public.jobs FOR EACH ROW WHEN (((new.status = 'pending'::text) AND (new.dispatched_at IS NULL) AND (new.fair_key IS NULL))) EXECUTE FUNCTION credit_jobs_internal.set_fair_key();
+
+
+--
+-- Name: jobs jobs_set_fair_key_on_requeue; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER jobs_set_fair_key_on_requeue BEFORE UPDATE OF status, dispatched_at ON public.jobs FOR EACH ROW WHEN (((new.status = 'pending'::text) AND (new.dispatched_at IS NULL) AND ((old.status <> 'pending'::text) OR (old.dispatched_at IS NOT NULL)))) EXECUTE FUNCTION credit_jobs_internal.set_fair_key();
 
 
 --
@@ -2804,6 +2962,13 @@ REVOKE ALL ON FUNCTION credit_jobs_internal.lock_job_for_report(p_job_id uuid, p
 
 
 --
+-- Name: FUNCTION next_fair_key(p_kind text, p_pushed boolean, p_user_id uuid); Type: ACL; Schema: credit_jobs_internal; Owner: -
+--
+
+REVOKE ALL ON FUNCTION credit_jobs_internal.next_fair_key(p_kind text, p_pushed boolean, p_user_id uuid) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION post_entry(p_user_id uuid, p_job_id uuid, p_entry_type text, p_amount bigint, p_reason text); Type: ACL; Schema: credit_jobs_internal; Owner: -
 --
 
@@ -2823,6 +2988,13 @@ GRANT SELECT ON TABLE public.projects TO service_role;
 --
 
 REVOKE ALL ON FUNCTION credit_jobs_internal.project_json(p_project public.projects) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION queue_due_retries(p_kind text, p_pushed boolean, p_limit integer); Type: ACL; Schema: credit_jobs_internal; Owner: -
+--
+
+REVOKE ALL ON FUNCTION credit_jobs_internal.queue_due_retries(p_kind text, p_pushed boolean, p_limit integer) FROM PUBLIC;
 
 
 --
@@ -2851,6 +3023,13 @@ REVOKE ALL ON FUNCTION credit_jobs_internal.revoke_locked_grant(p_grant public.c
 --
 
 REVOKE ALL ON FUNCTION credit_jobs_internal.revoke_payment(p_payment_intent text, p_reason text) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION set_fair_key(); Type: ACL; Schema: credit_jobs_internal; Owner: -
+--
+
+REVOKE ALL ON FUNCTION credit_jobs_internal.set_fair_key() FROM PUBLIC;
 
 
 --
