@@ -1578,12 +1578,20 @@ begin
         'balance', v_balance, 'outcome', 'duplicate');
     end if;
   end if;
-  -- write
+  -- write; the same payment granted at this moment to another account (its own lock) waits
+  -- here on the unique index and then answers duplicate, never a unique violation
   insert into public.credit_grants (user_id, amount, remaining, category, priority, expires_at,
     source, external_id, payment_intent, reason)
   values (p_user_id, p_amount, p_amount, p_category, p_priority, p_expires_at, p_source,
     p_external_id, p_payment_intent, btrim(p_reason))
+  on conflict (source, external_id) where external_id is not null do nothing
   returning * into v_grant;
+  if v_grant.id is null then
+    select * into v_grant from public.credit_grants
+    where source = p_source and external_id = p_external_id;
+    return jsonb_build_object('grant', credit_jobs_internal.grant_json(v_grant),
+      'balance', v_balance, 'outcome', 'duplicate');
+  end if;
   v_balance := credit_jobs_internal.write_entry(
     p_user_id, null, 'grant', p_amount, btrim(p_reason), v_grant.id);
   return jsonb_build_object('grant', credit_jobs_internal.grant_json(v_grant),

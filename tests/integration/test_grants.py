@@ -300,3 +300,29 @@ def assert_conserved(conn, user) -> None:
     assert totals["granted"] == (
         totals["balance"] + totals["captured"] + totals["expired"] + totals["revoked"]
     ), totals
+
+
+def test_one_payment_for_two_accounts_at_once_grants_once(db_url, conn, make_user):
+    """The replay check holds one account's lock; across accounts the unique index decides."""
+    users = [make_user(), make_user()]
+    # widen the race: every grant insert takes a moment, so both accounts' inserts overlap
+    conn.execute(
+        "create function public.slow_grant() returns trigger language plpgsql as"
+        " $$ begin perform pg_sleep(0.2); return new; end $$;"
+        " create trigger slow_grant before insert on public.credit_grants"
+        " for each row execute function public.slow_grant()"
+    )
+
+    def deliver(c: psycopg.Connection, i: int) -> str:
+        return call(
+            c,
+            "grant_credits",
+            user_id=users[i % 2],
+            amount=50,
+            reason="pack",
+            source="stripe",
+            external_id="cs_two_accounts",
+        )["outcome"]
+
+    assert race(db_url, 10, deliver) == {"applied": 1, "duplicate": 9}
+    assert sorted(balance(conn, user) for user in users) == [0, 50]
