@@ -120,7 +120,7 @@ def money_checks(conn: psycopg.Connection) -> list[Check]:
 class FinalState:
     jobs: dict[str, dict[str, Any]]  # by id
     by_key: dict[tuple[uuid.UUID, str], dict[str, Any]]
-    ledger: dict[str, list[tuple[str, int]]]  # job id -> [(entry_type, amount)]
+    ledger: dict[str, list[tuple[str, int, int]]]  # job id -> [(entry_type, amount, balance_after)]
 
     @classmethod
     def read(cls, conn: psycopg.Connection) -> FinalState:
@@ -130,21 +130,30 @@ class FinalState:
             for job in jobs.values()
             if job["idempotency_key"]
         }
-        ledger: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        ledger: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
         for entry in _all(
             conn,
-            "select job_id, entry_type, amount from public.credit_ledger"
+            "select job_id, entry_type, amount, balance_after from public.credit_ledger"
             " where job_id is not null order by id",
         ):
-            ledger[str(entry["job_id"])].append((entry["entry_type"], entry["amount"]))
+            ledger[str(entry["job_id"])].append(
+                (entry["entry_type"], entry["amount"], entry["balance_after"])
+            )
         return cls(jobs, by_key, ledger)
 
+    def entries(self, job: dict[str, Any], entry_type: str) -> list[tuple[str, int, int]]:
+        return [entry for entry in self.ledger[str(job["id"])] if entry[0] == entry_type]
+
     def charged(self, job: dict[str, Any]) -> bool:
-        return job["cost"] == 0 or ("charge", -job["cost"]) in self.ledger[str(job["id"])]
+        return job["cost"] == 0 or [e[1] for e in self.entries(job, "charge")] == [-job["cost"]]
 
     def refunded(self, job: dict[str, Any]) -> bool:
-        refunds = [amount for kind, amount in self.ledger[str(job["id"])] if kind == "refund"]
+        refunds = [amount for _, amount, _ in self.entries(job, "refund")]
         return job["refunded"] == job["cost"] and sum(refunds) == job["cost"]
+
+    def balance_after(self, job: dict[str, Any] | None, entry_type: str) -> int | None:
+        entries = self.entries(job, entry_type) if job else []
+        return entries[0][2] if len(entries) == 1 else None
 
 
 def describe(answer: Answer, job: dict[str, Any] | None) -> str:
@@ -171,6 +180,7 @@ def answer_checks(
     cancelled = Check("a cancel answered 200 left the job cancelled and refunded")
     too_late = Check("a cancel answered 409 found the job already completed or failed")
     terminal = Check("a terminal status in any answer is the final status")
+    balance = Check("the balance in a 201 or a refunding cancel is the ledger's after that entry")
     no_500 = Check("no answer was a 500")
 
     by_key: dict[tuple[int, str], list[Answer]] = defaultdict(list)
@@ -194,6 +204,14 @@ def answer_checks(
                     and state.charged(job),
                     describe(answer, job),
                 )
+                # a fresh job: the balance is the charge's (a job the pipeline reported on, or a
+                # retried one, is answered with the balance of that moment)
+                fresh = answer.job["status"] == "pending" and answer.job["attempt"] <= 1
+                if fresh and job is not None and job["cost"]:
+                    expected = state.balance_after(job, "charge")
+                    balance.expect(
+                        answer.balance == expected, f"{describe(answer, job)}: ledger {expected}"
+                    )
             elif answer.status == 503 and answer.code == "pipeline_unavailable":
                 refused.expect(
                     job is not None and job["status"] == "failed" and state.refunded(job),
@@ -204,6 +222,11 @@ def answer_checks(
                 job is not None and job["status"] == "cancelled" and state.refunded(job),
                 describe(answer, job),
             )
+            if answer.outcome == "refunded" and job is not None and job["cost"]:
+                expected = state.balance_after(job, "refund")
+                balance.expect(
+                    answer.balance == expected, f"{describe(answer, job)}: ledger {expected}"
+                )
         elif answer.op == "cancel" and answer.status == 409:
             job = state.jobs.get(answer.body["job_id"])
             too_late.expect(
@@ -237,6 +260,7 @@ def answer_checks(
         cancelled,
         too_late,
         terminal,
+        balance,
         no_500,
         *pipeline_checks(state, callbacks),
         worker_check(state, worker_done),

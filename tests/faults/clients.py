@@ -34,6 +34,7 @@ class Answer:
     code: str | None  # the error body's code, or the exception's name when there was no answer
     job: dict[str, Any] | None
     outcome: str | None
+    balance: int | None
     replayed: bool
     final: bool  # the try the client believed (no retry followed)
     t: float
@@ -120,6 +121,7 @@ class Caller:
                 code=code,
                 job=data.get("job"),
                 outcome=data.get("outcome"),
+                balance=data.get("balance"),
                 replayed=data.get("replayed") is True,
                 final=not retry,
                 t=time.time(),

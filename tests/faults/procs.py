@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -43,9 +44,23 @@ PG_SETTINGS = {
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+    """A port to listen on, below the ephemeral range: an outgoing connection (of ours or of
+    anything else on the machine) cannot take it between now and the bind."""
+    lowest_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        port = random.randrange(max(1024, lowest_ephemeral - 12_000), lowest_ephemeral)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+
+
+_handed_out: set[int] = set()
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
@@ -210,6 +225,8 @@ class Gunicorn(Child):
             return []
 
     def ready(self) -> bool:
+        if not self.alive():
+            raise RuntimeError(f"gunicorn {self.name} exited at start-up: see {self.log}")
         return len(self.worker_pids()) == self.workers and answers_http(self.base_url)()
 
 

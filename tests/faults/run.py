@@ -121,6 +121,7 @@ def run(config: Config) -> Report:
     digest = schedule_digest(faults)
     run_dir = config.run_dir or Path(tempfile.mkdtemp(prefix="credit-jobs-faults-"))
     log(f"seed {config.seed}: {len(faults)} faults over {config.minutes:g} min (schedule {digest})")
+    log(f"run dir (cluster and logs): {run_dir}")
     stack = Stack(
         run_dir,
         web_workers=config.web_workers,

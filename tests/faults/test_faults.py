@@ -28,4 +28,4 @@ def test_the_schedule_is_the_seed_s_and_covers_every_kind():
 def test_short_fault_run_keeps_every_invariant_and_every_answer_true():
     report = run(Config(seed=SEED, minutes=MINUTES, converge_seconds=90))
     print(report.text())
-    assert not report.failures, report.text()
+    assert not report.failures, "\n".join(report.failures)
