@@ -38,6 +38,7 @@ class Answer:
     replayed: bool
     final: bool  # the try the client believed (no retry followed)
     t: float
+    seconds: float  # how long the exchange took
 
     @property
     def label(self) -> str:
@@ -98,6 +99,7 @@ class Caller:
         if key is not None:
             headers["Idempotency-Key"] = key
         for delay in (*retries, None):
+            sent = time.monotonic()
             try:
                 response = self.http.request(
                     method, base_url + path, json=body, params=query, headers=headers
@@ -125,6 +127,7 @@ class Caller:
                 replayed=data.get("replayed") is True,
                 final=not retry,
                 t=time.time(),
+                seconds=time.monotonic() - sent,
             )
             self.journal.add(answer)
             if not retry:

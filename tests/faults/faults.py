@@ -14,7 +14,6 @@ import os
 import random
 import signal
 import socket
-import sys
 import threading
 import time
 from collections import Counter
@@ -52,8 +51,9 @@ KINDS: dict[str, tuple[int, Callable[[random.Random], float]]] = {
     # dispatches time out while their refunds cannot reach the database
     "incident": (3, lambda rng: rng.uniform(POOL_TIMEOUT_SECONDS + 6, POOL_TIMEOUT_SECONDS + 12)),
 }
-DATABASE_KINDS = frozenset({"pg_restart", "pg_outage", "proxy_drop", "proxy_refuse", "proxy_stall"})
-DATABASE_KINDS |= {"incident"}
+DATABASE_KINDS = frozenset(
+    {"pg_restart", "pg_outage", "proxy_drop", "proxy_refuse", "proxy_stall", "incident"}
+)
 MEAN_GAP_SECONDS = 3.0
 # quiet time after a database fault before the next one, so the pools can come back
 DATABASE_SETTLE_SECONDS = 3.0
@@ -106,6 +106,7 @@ class Injector(threading.Thread):
         self.stopping = threading.Event()
         self.healing = threading.Event()
         self.database = threading.Lock()
+        self.counting = threading.Lock()
         self.running: list[threading.Thread] = []
         self.done: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
@@ -129,10 +130,12 @@ class Injector(threading.Thread):
             try:
                 getattr(self, fault.kind)(fault)
             except Exception as exc:  # a fault that could not be injected is counted, not fatal
-                self.failed[fault.kind] += 1
-                print(f"  fault {fault.kind} failed: {exc!r}", file=sys.stderr, flush=True)
+                self.log(f"fault {fault.kind} could not be injected: {exc!r}")
+                counts = self.failed
             else:
-                self.done[fault.kind] += 1
+                counts = self.done
+        with self.counting:
+            counts[fault.kind] += 1
 
     def hold(self, seconds: float) -> None:
         """Let a fault last, unless the run is healing."""

@@ -70,6 +70,10 @@ class Report:
         )
         for op, counts in f["requests"].items():
             lines.append(f"  {op:<12} {_counts(counts)}")
+        latency = ", ".join(
+            f"{op} {t['p50']}/{t['p99']}/{t['max']}" for op, t in f["latency_seconds"].items()
+        )
+        lines.append(f"  seconds per try, p50/p99/max: {latency}")
         lines.append(f"jobs: {f['jobs_total']}  {_counts(f['jobs'])}")
         lines.append(f"  by kind: {_counts(f['jobs_by_kind'])}")
         lines.append(f"pipeline dispatches: {_counts(f['dispatches'])}")
@@ -95,6 +99,15 @@ class Report:
             "figures": self.figures,
             "checks": [dataclasses.asdict(check) for check in self.checks],
         }
+
+
+def _latency(times: list[float]) -> dict[str, float]:
+    ordered = sorted(times)
+    return {
+        "p50": round(ordered[len(ordered) // 2], 2),
+        "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
+        "max": round(ordered[-1], 2),
+    }
 
 
 def _counts(counter: dict[str, int]) -> str:
@@ -166,6 +179,9 @@ def _exercise(stack: Stack, config: Config, faults: list, log: Clock) -> Report:
     for thread in (*clients, maintenance):
         thread.join(120)
     log(f"{len(journal.answers)} answers recorded; converging")
+    with (stack.logs / "answers.jsonl").open("w") as out:
+        for answer in journal.answers:
+            out.write(json.dumps(dataclasses.asdict(answer), default=str) + "\n")
     converged = _converge(stack, maintenance, config.converge_seconds)
     log(f"converged after {converged} s" if converged is not None else "did NOT converge")
 
@@ -202,7 +218,9 @@ def _converge(stack: Stack, maintenance: Maintenance, seconds: float) -> float |
 def _figures(stack: Stack, journal: Journal, injector: Injector, state: FinalState, worker_done):
     requests: dict[str, Counter] = defaultdict(Counter)
     gave_up: Counter[str] = Counter()
+    seconds: dict[str, list[float]] = defaultdict(list)
     for answer in journal.answers:
+        seconds[answer.op].append(answer.seconds)
         label = answer.label + (" replayed" if answer.replayed else "")
         requests[answer.op][label] += 1
         outage = answer.status is None or answer.status >= 500
@@ -237,6 +255,7 @@ def _figures(stack: Stack, journal: Journal, injector: Injector, state: FinalSta
         "requests": {op: dict(counts) for op, counts in sorted(requests.items())},
         "requests_total": len(journal.answers),
         "requests_given_up": dict(gave_up),
+        "latency_seconds": {op: _latency(times) for op, times in sorted(seconds.items())},
         "jobs": dict(jobs),
         "jobs_by_kind": dict(jobs_by_kind),
         "jobs_total": len(state.jobs),
