@@ -172,15 +172,15 @@ def answer_checks(
     callbacks: list[dict[str, Any]],
     worker_done: list[dict[str, Any]],
 ) -> list[Check]:
-    created = Check("a 201 job exists, is the request's, and is charged")
-    refused = Check("a 503 pipeline_unavailable job ends failed and refunded")
+    created = Check("a 201 or 202 job exists, is the request's, and is charged")
+    refused = Check("a 503 pipeline_unavailable job is failed and refunded (answer and final)")
     same_job = Check("every answer for one Idempotency-Key names the key's one job")
     replays = Check("a 200 replay returns the same job, marked replayed")
     nothing = Check("a refused purchase (402, 422) created no job for its request")
     cancelled = Check("a cancel answered 200 left the job cancelled and refunded")
     too_late = Check("a cancel answered 409 found the job already completed or failed")
     terminal = Check("a terminal status in any answer is the final status")
-    balance = Check("the balance in a 201 or a refunding cancel is the ledger's after that entry")
+    balance = Check("the balance in a 201/202 or a refunding cancel is the ledger's after it")
     no_500 = Check("no answer was a 500")
 
     by_key: dict[tuple[int, str], list[Answer]] = defaultdict(list)
@@ -193,7 +193,7 @@ def answer_checks(
             )
         if answer.op == "generate":
             by_key[answer.client, answer.key].append(answer)
-            if answer.status == 201:
+            if answer.status in (201, 202):
                 user = users[answer.client]
                 created.expect(
                     job is not None
@@ -213,8 +213,13 @@ def answer_checks(
                         answer.balance == expected, f"{describe(answer, job)}: ledger {expected}"
                     )
             elif answer.status == 503 and answer.code == "pipeline_unavailable":
+                said = answer.job or {}
                 refused.expect(
-                    job is not None and job["status"] == "failed" and state.refunded(job),
+                    said.get("status") == "failed"
+                    and said.get("refunded") == said.get("cost")
+                    and job is not None
+                    and job["status"] == "failed"
+                    and state.refunded(job),
                     describe(answer, job),
                 )
         elif answer.op == "cancel" and answer.status == 200:

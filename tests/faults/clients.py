@@ -4,6 +4,7 @@ scheduler that calls `maintenance`. Every answer is recorded, with the request i
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -165,7 +166,7 @@ class Client(threading.Thread):
 
     def run(self) -> None:
         actions: dict[str, Callable[[], None]] = {
-            "buy_push": lambda: self.buy("webhook"),
+            "buy_push": lambda: self.buy("push"),
             "buy_queue": lambda: self.buy("queue"),
             "poll": self.poll,
             "cancel": self.cancel,
@@ -186,13 +187,13 @@ class Client(threading.Thread):
         name = name or self.rng.choice(sorted(self.servers))
         return name, self.servers[name]
 
-    def buy(self, server: str) -> None:
+    def buy(self, how: str) -> None:
         number = len(self.purchases)
         body = {
-            "kind": self.rng.choice(self.kinds[server]),
+            "kind": self.rng.choice(self.kinds[how]),
             "params": {"seed": self.seed, "c": self.number, "n": number},
         }
-        purchase = Purchase(f"fx-{self.seed}-{self.number}-{number}", body, server)
+        purchase = Purchase(f"fx-{self.seed}-{self.number}-{number}", body, self.server()[0])
         self.purchases.append(purchase)
         answer = self.generate(purchase)
         if answer.job:
@@ -241,14 +242,15 @@ class Client(threading.Thread):
 
 
 class Maintenance(threading.Thread):
-    """What Cloud Scheduler would do: POST /maintenance every `interval` seconds."""
+    """What a scheduler would do: POST /maintenance every `interval` seconds, to each server in
+    turn (the next tick is the retry)."""
 
     def __init__(
-        self, caller: Caller, server: tuple[str, str], stopping: threading.Event, interval: float
+        self, caller: Caller, servers: dict[str, str], stopping: threading.Event, interval: float
     ) -> None:
         super().__init__(name="maintenance", daemon=True)
         self.caller = caller
-        self.server = server
+        self.servers = itertools.cycle(sorted(servers.items()))
         self.stopping = stopping
         self.interval = interval
 
@@ -257,4 +259,5 @@ class Maintenance(threading.Thread):
             self.once()
 
     def once(self) -> Answer:
-        return self.caller.call("maintenance", self.server, "POST", "/maintenance", retries=())
+        server = next(self.servers)
+        return self.caller.call("maintenance", server, "POST", "/maintenance", retries=())

@@ -4,8 +4,9 @@ It receives the signed dispatches of `PIPELINE=webhook` (PIPELINE_WEBHOOK_SECRET
 environment; an unsigned or badly signed one is refused and logged) and reports back to the
 dispatch's callback URL with signed callbacks — badly, on purpose. Per dispatch, scripted from the
 job's params (dice.py), it may:
-- answer 202, 503, or 500 although it runs the job; answer after the 10 s dispatch timeout, with
-  or without running it; reset the connection; ignore a repeated dispatch (same webhook-id);
+- answer 202, 503, 500 although it runs the job, 504 (as a gateway would, running it or not);
+  answer after the 10 s dispatch timeout, with or without running it; reset the connection;
+  ignore a repeated dispatch (same webhook-id);
 - report progress, then completed (sometimes with a partial or an impossible credits_used),
   failed (retryable or not), or nothing at all;
 - send its final report twice, before its progress reports, much later (past the lease), for an
@@ -47,14 +48,18 @@ CALLBACK_TIMEOUT = httpx.Timeout(15.0, connect=3.0)
 CALLBACK_RETRY_DELAYS = (0.3, 1.0, 2.0, 4.0, 8.0)
 # answer to a dispatch: (what it answers, whether it runs the job) -> weight
 ANSWERS = {
-    ("accept", True): 72,
+    ("accept", True): 68,
     ("refuse", False): 8,
     ("error", True): 4,
+    ("gateway", True): 2,
+    ("gateway", False): 2,
     ("slow", True): 6,
     ("slow", False): 3,
     ("reset", True): 3,
     ("reset", False): 4,
 }
+# HTTP status of each answer ("reset" closes the connection instead)
+STATUSES = {"accept": 202, "refuse": 503, "error": 500, "gateway": 504, "slow": 202}
 FINALS = {"completed": 72, "retryable": 10, "fatal": 6, "silent": 9, "impossible": 3}
 
 
@@ -128,7 +133,7 @@ class HostilePipeline:
             threading.Thread(target=self.run_job, args=(payload, script, mood), daemon=True).start()
         if answer == "slow":
             time.sleep(SLOW_ANSWER_SECONDS)
-        return answer, {"accept": 202, "refuse": 503, "error": 500, "slow": 202}.get(answer, 0)
+        return answer, STATUSES.get(answer, 0)
 
     # -- reports ------------------------------------------------------------------------------
 

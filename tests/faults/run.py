@@ -20,7 +20,7 @@ from typing import Any
 from tests.faults.checks import Check, FinalState, answer_checks, money_checks
 from tests.faults.clients import Caller, Client, Journal, Maintenance
 from tests.faults.faults import Injector, plan
-from tests.faults.stack import Stack, events
+from tests.faults.stack import KINDS, Stack, events
 from tests.integration.http_helpers import MAINTENANCE_TOKEN
 
 MAINTENANCE_INTERVAL_SECONDS = 2.0
@@ -159,14 +159,12 @@ def _exercise(stack: Stack, config: Config, faults: list, log: Clock) -> Report:
     journal = Journal()
     stopping = threading.Event()
     servers = {name: server.base_url for name, server in stack.servers.items()}
-    kinds = {name: stack.kinds_of(name) for name in servers}
     clients = [
-        Client(number, token, config.seed, servers, kinds, journal, stopping)
+        Client(number, token, config.seed, servers, KINDS, journal, stopping)
         for number, (_, token) in enumerate(users)
     ]
     scheduler = Caller(journal, -1, {"Authorization": f"Bearer {MAINTENANCE_TOKEN}"})
-    webhook = ("webhook", servers["webhook"])
-    maintenance = Maintenance(scheduler, webhook, stopping, MAINTENANCE_INTERVAL_SECONDS)
+    maintenance = Maintenance(scheduler, servers, stopping, MAINTENANCE_INTERVAL_SECONDS)
     injector = Injector(stack, faults, log)
     for thread in (*clients, maintenance, injector):
         thread.start()

@@ -1,10 +1,12 @@
 """Everything a fault run starts, wired together:
 
     clients ──HTTP──> gunicorn "webhook" (PIPELINE=webhook) ──dispatch──> hostile pipeline
-            ──HTTP──> gunicorn "queue"   (PIPELINE=queue)        <──callbacks──┘
-    gunicorn servers, queue workers ──TCP──> proxy ──TCP──> PostgreSQL (private cluster)
+            ──HTTP──> gunicorn "queue"   (PIPELINE=queue)   ──dispatch──┘    │ callbacks
+    gunicorn servers, queue workers ──TCP──> proxy ──TCP──> PostgreSQL       ▼ (to either server)
 
-The checks read PostgreSQL directly, never through the proxy.
+Every kind names its pipeline (job_kinds.pipeline: push kinds `webhook`, the others `queue`),
+and both servers configure the webhook pipeline, so either serves every kind: two deployments
+with different defaults on one database. The checks read PostgreSQL directly, not via the proxy.
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ from tests.integration.http_helpers import JWT_SECRET, MAINTENANCE_TOKEN, WEBHOO
 
 DATABASE = "credit_jobs"
 # kind -> (cost, max_attempts, lease_seconds, retry_delay_seconds, dispatch_timeout_seconds).
-# Short leases and deadlines, so stalls are noticed and the run converges quickly; the dispatch
-# deadline outlasts the longest database outage, so a job left behind by one is re-dispatched.
+# Short leases and deadlines, so stalls are noticed and the run converges quickly; the start
+# deadline outlasts the longest database outage, so a job left behind by one is started again.
 PUSH_KINDS = {"fx_push": (7, 3, 6, 1, 60), "fx_push_once": (3, 1, 6, 0, 45)}
 QUEUE_KINDS = {"fx_queue": (5, 3, 5, 1, 60), "fx_queue_once": (2, 1, 5, 0, 60)}
+KINDS = {"push": sorted(PUSH_KINDS), "queue": sorted(QUEUE_KINDS)}
 RICH_BALANCE = 1_000_000
 # the first client's user runs out of credits early, so purchases are refused too
 POOR_BALANCE = 60
@@ -86,30 +89,16 @@ class Stack:
             child_environment(PIPELINE_WEBHOOK_SECRET=WEBHOOK_SECRET),
             self.logs / "pipeline.log",
         )
-        web_port, queue_port = free_port(), free_port()
-        self.servers = {
-            "webhook": Gunicorn(
-                "webhook",
-                web_port,
-                web_workers,
-                web_threads,
-                base
-                | {
-                    "PIPELINE": "webhook",
-                    "PIPELINE_URL": self.pipeline_url,
-                    "CALLBACK_URL": f"http://{HOST}:{web_port}/status",
-                },
-                self.logs / "gunicorn-webhook.log",
-            ),
-            "queue": Gunicorn(
-                "queue",
-                queue_port,
-                web_workers,
-                web_threads,
-                base | {"PIPELINE": "queue"},
-                self.logs / "gunicorn-queue.log",
-            ),
-        }
+        self.servers = {}
+        for default in ("webhook", "queue"):
+            port = free_port()
+            env = base | {
+                "PIPELINE": default,
+                "PIPELINE_URL": self.pipeline_url,
+                "CALLBACK_URL": f"http://{HOST}:{port}/status",
+            }
+            log = self.logs / f"gunicorn-{default}.log"
+            self.servers[default] = Gunicorn(default, port, web_workers, web_threads, env, log)
         worker = python_module(
             "shared.worker", "--kinds", ",".join(QUEUE_KINDS),
             "--handler", "tests.faults.handlers:run", "--concurrency", str(worker_concurrency),
@@ -172,13 +161,14 @@ class Stack:
 
     def add_kinds(self) -> None:
         with self.connect() as conn:
-            for kind, values in (PUSH_KINDS | QUEUE_KINDS).items():
-                conn.execute(
-                    "insert into public.job_kinds (kind, cost, max_attempts, lease_seconds,"
-                    " retry_delay_seconds, dispatch_timeout_seconds, description)"
-                    " values (%s, %s, %s, %s, %s, %s, 'fault-injection suite')",
-                    (kind, *values),
-                )
+            for pipeline, kinds in (("webhook", PUSH_KINDS), ("queue", QUEUE_KINDS)):
+                for kind, values in kinds.items():
+                    conn.execute(
+                        "insert into public.job_kinds (kind, cost, max_attempts, lease_seconds,"
+                        " retry_delay_seconds, dispatch_timeout_seconds, pipeline, description)"
+                        " values (%s, %s, %s, %s, %s, %s, %s, 'fault-injection suite')",
+                        (kind, *values, pipeline),
+                    )
 
     def add_users(self, count: int) -> list[tuple[uuid.UUID, str]]:
         """(user id, bearer token) of `count` new users with credits."""
@@ -244,9 +234,6 @@ class Stack:
 
     def pipeline_active(self) -> int:
         return httpx.get(f"{self.pipeline_url}/_control", timeout=10).json()["active"]
-
-    def kinds_of(self, server: str) -> list[str]:
-        return sorted(PUSH_KINDS if server == "webhook" else QUEUE_KINDS)
 
 
 def events(path: Path) -> list[dict[str, Any]]:
