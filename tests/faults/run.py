@@ -145,8 +145,7 @@ def run(config: Config) -> Report:
     )
     with stack:
         log(f"stack up: PostgreSQL, proxy, pipeline, 2 x gunicorn, {config.queue_workers} workers")
-        report = _exercise(stack, config, faults, log)
-    report.schedule_digest = digest
+        report = _exercise(stack, config, faults, digest, log)
     if config.keep or report.failures:
         report.run_dir = run_dir
     else:
@@ -154,7 +153,7 @@ def run(config: Config) -> Report:
     return report
 
 
-def _exercise(stack: Stack, config: Config, faults: list, log: Clock) -> Report:
+def _exercise(stack: Stack, config: Config, faults: list, digest: str, log: Clock) -> Report:
     users = stack.add_users(config.clients)
     journal = Journal()
     stopping = threading.Event()
@@ -177,11 +176,11 @@ def _exercise(stack: Stack, config: Config, faults: list, log: Clock) -> Report:
     for thread in (*clients, maintenance):
         thread.join(120)
     log(f"{len(journal.answers)} answers recorded; converging")
+    converged = _converge(stack, maintenance, config.converge_seconds)
+    log(f"converged after {converged} s" if converged is not None else "did NOT converge")
     with (stack.logs / "answers.jsonl").open("w") as out:
         for answer in journal.answers:
             out.write(json.dumps(dataclasses.asdict(answer), default=str) + "\n")
-    converged = _converge(stack, maintenance, config.converge_seconds)
-    log(f"converged after {converged} s" if converged is not None else "did NOT converge")
 
     with stack.connect() as conn:
         checks = money_checks(conn)
@@ -199,7 +198,7 @@ def _exercise(stack: Stack, config: Config, faults: list, log: Clock) -> Report:
     figures = _figures(stack, journal, injector, state, worker_done)
     figures["converge_seconds"] = converged
     figures["elapsed_seconds"] = time.monotonic() - log.started
-    return Report(config, "", figures, checks)
+    return Report(config, digest, figures, checks)
 
 
 def _converge(stack: Stack, maintenance: Maintenance, seconds: float) -> float | None:
