@@ -25,7 +25,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 LAYERS = ("unit", "integration", "acceptance", "browser", "prefect")
 # Folders with a CI step of their own (and extra installs): collected only when named on the
 # command line, e.g. `pytest tests/browser`, so a plain `scripts/test` leaves them out.
-ON_DEMAND = (TESTS_DIR / "browser", TESTS_DIR / "prefect")
+ON_DEMAND = (TESTS_DIR / "browser", TESTS_DIR / "prefect", TESTS_DIR / "faults")
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
