@@ -311,7 +311,7 @@ def maintenance(request: flask.Request):
         token.strip().encode(), expected.encode()
     ):
         raise unauthorized("a valid maintenance token is required")
-    return run_maintenance(app.db, app.pipelines)
+    return run_maintenance(app.db, app.pipelines, app.events)
 
 
 @functions_framework.http

@@ -15,6 +15,7 @@ from shared.core import errors, log
 from shared.core.db import Database, close_pools, database_from_settings
 from shared.core.settings import ConfigurationError, Settings
 from shared.push.dispatch import Dispatcher, Pipelines
+from shared.push.events import EventSender
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Services:
     db: Database
     pipelines: Pipelines
     tokens: TokenVerifier
+    events: EventSender | None
 
 
 # Set only by the dev server; deployed functions have no local pipeline.
@@ -65,6 +67,7 @@ def _services() -> Services:
         tokens=TokenVerifier(
             jwt_secret=config.jwt_secret, jwks_url=config.jwks_url, issuer=config.jwt_issuer
         ),
+        events=EventSender.from_settings(config),
     )
 
 
@@ -78,7 +81,10 @@ def allowed_origins() -> tuple[str, ...]:
 def reset() -> None:
     """Forget settings and services and close database pools; the next request rebuilds them."""
     if _services.cache_info().currsize:
-        _services().pipelines.close()
+        built = _services()
+        built.pipelines.close()
+        if built.events:
+            built.events.close()
     settings.cache_clear()
     _services.cache_clear()
     close_pools()

@@ -28,6 +28,8 @@ ENVIRONMENT_VARIABLES = (
     "CORS_ALLOWED_ORIGINS",
     "MAINTENANCE_TOKEN",
     "STRIPE_WEBHOOK_SECRET",
+    "EVENTS_URL",
+    "EVENTS_WEBHOOK_SECRET",
     "PORT",
 )
 
@@ -54,6 +56,8 @@ class Settings:
     cors_allowed_origins: tuple[str, ...] = ()
     maintenance_token: str | None = None
     stripe_webhook_secret: str | None = None
+    events_url: str | None = None
+    events_webhook_secret: str | None = None
     port: int = DEFAULT_PORT
 
     def __post_init__(self) -> None:
@@ -75,6 +79,8 @@ class Settings:
         missing = [name for name, value in needs.items() if not value]
         if missing:
             raise ConfigurationError(f"PIPELINE={self.pipeline} needs {', '.join(missing)}")
+        if self.events_url and not self.events_webhook_secret:
+            raise ConfigurationError("EVENTS_URL needs EVENTS_WEBHOOK_SECRET to sign the events")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -103,6 +109,8 @@ class Settings:
             cors_allowed_origins=tuple(_split(get("CORS_ALLOWED_ORIGINS") or "")),
             maintenance_token=get("MAINTENANCE_TOKEN"),
             stripe_webhook_secret=get("STRIPE_WEBHOOK_SECRET"),
+            events_url=get("EVENTS_URL"),
+            events_webhook_secret=get("EVENTS_WEBHOOK_SECRET"),
             port=_port(get("PORT")),
         )
 

@@ -9,6 +9,8 @@
    dispatched) within their kind's dispatch_timeout_seconds are failed and refunded.
 4. `expire_credits`: grants past their expiry on idle accounts are expired (every money function
    expires its own account's due grants first, so this only keeps idle balances current).
+5. Events (`credit_events`, written by the money functions) are delivered to EVENTS_URL
+   (shared.push.events), last, so those of this run's refunds and expiries go out too.
 
 A dispatch that fails here is left alone: its lease expires again, the next run retries it, and
 the deadline eventually fails and refunds it.
@@ -22,6 +24,7 @@ from typing import Any
 from shared.core.db import Database
 from shared.core.log import log_event
 from shared.push.dispatch import DispatchError, Pipelines
+from shared.push.events import EventSender, deliver_events
 
 # Small batches keep each transaction's account locks short, so users' requests are not held up
 # behind a backlog; a run goes on while batches come back full, up to MAX_BATCHES each.
@@ -32,11 +35,13 @@ MAX_BATCHES = 100
 DISPATCH_BATCH = 100
 
 
-def run_maintenance(db: Database, pipelines: Pipelines) -> dict:
-    """Run one pass; returns `{reaped, retried, redispatched, unstarted_failed, expired_credits}`.
+def run_maintenance(db: Database, pipelines: Pipelines, events: EventSender | None = None) -> dict:
+    """Run one pass; returns `{reaped, retried, redispatched, unstarted_failed, expired_credits,
+    events_delivered, events_failed}`.
 
     `reaped` counts every job ended or retried here: stalled jobs (of which `retried` went back
-    to the queue), pushed jobs failed at their dispatch deadline and `unstarted_failed`.
+    to the queue), pushed jobs failed at their dispatch deadline and `unstarted_failed`. Without
+    an EventSender (no EVENTS_URL) events wait in the outbox.
     """
     reaps = _drain(db, "reap_stalled_jobs", REAP_BATCH, "reaped")
     unstarted = sum(
@@ -45,12 +50,15 @@ def run_maintenance(db: Database, pipelines: Pipelines) -> dict:
     expired = _drain(db, "expire_credits", EXPIRE_BATCH, "expired_grants")
     taken = db.rpc("take_jobs_to_dispatch", p_limit=DISPATCH_BATCH)
     redispatched = sum(_dispatch(pipelines, job) for job in taken["jobs"])
+    sent = deliver_events(db, events) if events else {"delivered": 0, "failed": 0}
     summary = {
         "reaped": sum(b["reaped"] for b in reaps) + taken["failed"] + unstarted,
         "retried": sum(b["retried"] for b in reaps),
         "redispatched": redispatched,
         "unstarted_failed": unstarted,
         "expired_credits": sum(b["credits"] for b in expired),
+        "events_delivered": sent["delivered"],
+        "events_failed": sent["failed"],
     }
     log_event("maintenance_done", **summary, dispatch_deadline_failed=taken["failed"])
     return summary

@@ -355,6 +355,8 @@ def test_maintenance_needs_its_token_and_reaps(api, conn, make_user):
         "redispatched": 0,
         "unstarted_failed": 0,
         "expired_credits": 0,
+        "events_delivered": 0,
+        "events_failed": 0,
     }
     assert balance(conn, user) == 5
 

@@ -133,6 +133,8 @@ def test_crash_after_charge_is_redispatched_with_the_same_attempt(
         "redispatched": 0,
         "unstarted_failed": 0,
         "expired_credits": 0,
+        "events_delivered": 0,
+        "events_failed": 0,
     }
     expire_lease(conn, job["id"])
     assert run_maintenance(db, pipelines)["redispatched"] == 1
@@ -169,6 +171,8 @@ def test_past_the_dispatch_deadline_the_job_is_failed_and_refunded_once(
         "redispatched": 0,
         "unstarted_failed": 0,
         "expired_credits": 0,
+        "events_delivered": 0,
+        "events_failed": 0,
     }
     assert run_maintenance(db, pipelines)["reaped"] == 0
 
@@ -285,6 +289,8 @@ def test_maintenance_reaps_stalled_workers(conn, db, pipelines, make_user):
         "redispatched": 0,
         "unstarted_failed": 0,
         "expired_credits": 0,
+        "events_delivered": 0,
+        "events_failed": 0,
     }
     assert job_row(conn, retried["id"])["status"] == "pending"
     assert ledger_for_job(conn, retried["id"]) == [("charge", -COST)]

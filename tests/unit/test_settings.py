@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.core.settings import ENVIRONMENT_VARIABLES, Settings
+from shared.core.settings import ENVIRONMENT_VARIABLES, ConfigurationError, Settings
 
 
 def test_defaults():
@@ -73,3 +73,12 @@ def test_environment_variables_lists_exactly_what_from_env_reads():
     read: list[str] = []
     Settings.from_env(Recording())
     assert sorted(set(read)) == sorted(ENVIRONMENT_VARIABLES)
+
+
+def test_events_url_needs_its_signing_secret():
+    with pytest.raises(ConfigurationError, match="EVENTS_WEBHOOK_SECRET"):
+        Settings.from_env({"EVENTS_URL": "https://backend.example/events"})
+    settings = Settings.from_env(
+        {"EVENTS_URL": "https://backend.example/events", "EVENTS_WEBHOOK_SECRET": "whsec_a"}
+    )
+    assert settings.events_url == "https://backend.example/events"
