@@ -161,6 +161,30 @@ $$;
 
 
 --
+-- Name: emit_event(uuid, text, jsonb); Type: FUNCTION; Schema: credit_jobs_internal; Owner: -
+--
+
+CREATE FUNCTION credit_jobs_internal.emit_event(p_user_id uuid, p_type text, p_payload jsonb) RETURNS void
+    LANGUAGE sql
+    SET search_path TO ''
+    AS $$
+  insert into public.credit_events (user_id, type, payload) values (p_user_id, p_type, p_payload)
+$$;
+
+
+--
+-- Name: event_job_json(public.jobs); Type: FUNCTION; Schema: credit_jobs_internal; Owner: -
+--
+
+CREATE FUNCTION credit_jobs_internal.event_job_json(p_job public.jobs) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+  select credit_jobs_internal.job_json(p_job) - 'params' - 'result'
+$$;
+
+
+--
 -- Name: give_back(uuid, uuid, bigint); Type: FUNCTION; Schema: credit_jobs_internal; Owner: -
 --
 
@@ -741,6 +765,7 @@ CREATE FUNCTION credit_jobs_internal.terminate_with_refund(p_job public.jobs, p_
     AS $$
 declare
   v_job public.jobs;
+  v_balance bigint;
 begin
   update public.jobs
   set status = p_status,
@@ -752,10 +777,15 @@ begin
   where id = p_job.id
   returning * into v_job;
   if v_job.cost > 0 then
-    perform credit_jobs_internal.post_entry(
+    v_balance := credit_jobs_internal.post_entry(
       v_job.user_id, v_job.id, 'refund', v_job.cost,
       format('%s: %s', p_status, coalesce(p_reason, 'no reason given')));
+  else
+    select balance into v_balance from public.credit_accounts where user_id = v_job.user_id;
   end if;
+  perform credit_jobs_internal.emit_event(v_job.user_id, 'job.' || p_status, jsonb_build_object(
+    'job', credit_jobs_internal.event_job_json(v_job), 'refunded', v_job.refunded,
+    'balance', v_balance));
   return v_job;
 end;
 $$;
@@ -771,14 +801,38 @@ CREATE FUNCTION credit_jobs_internal.write_entry(p_user_id uuid, p_job_id uuid, 
     AS $$
 declare
   v_balance bigint;
+  v_threshold bigint;
+  v_entry_id bigint;
+  v_entry jsonb;
 begin
   update public.credit_accounts
   set balance = balance + p_amount, updated_at = now()
   where user_id = p_user_id
-  returning balance into v_balance;
+  returning balance, low_balance_threshold into v_balance, v_threshold;
   insert into public.credit_ledger
     (user_id, job_id, entry_type, amount, balance_after, reason, grant_id)
-  values (p_user_id, p_job_id, p_entry_type, p_amount, v_balance, p_reason, p_grant_id);
+  values (p_user_id, p_job_id, p_entry_type, p_amount, v_balance, p_reason, p_grant_id)
+  returning id into v_entry_id;
+  -- events (docs/events.md)
+  v_entry := jsonb_build_object('entry_id', v_entry_id, 'entry_type', p_entry_type,
+    'amount', p_amount, 'balance', v_balance, 'job_id', p_job_id, 'reason', p_reason);
+  if p_entry_type in ('grant', 'expiry') then
+    perform credit_jobs_internal.emit_event(p_user_id,
+      case p_entry_type when 'grant' then 'credits.granted' else 'credits.expired' end,
+      v_entry || jsonb_build_object('grant',
+        (select credit_jobs_internal.grant_json(g) from public.credit_grants g where g.id = p_grant_id)));
+  end if;
+  if p_amount < 0 then
+    v_threshold := coalesce(v_threshold,
+      (select s.low_balance_threshold from public.credit_settings s));
+    if v_balance - p_amount >= v_threshold and v_balance < v_threshold then
+      perform credit_jobs_internal.emit_event(p_user_id, 'credits.low',
+        v_entry || jsonb_build_object('threshold', v_threshold));
+    end if;
+    if v_balance = 0 then
+      perform credit_jobs_internal.emit_event(p_user_id, 'credits.depleted', v_entry);
+    end if;
+  end if;
   return v_balance;
 end;
 $$;
@@ -1025,6 +1079,49 @@ $$;
 
 
 --
+-- Name: claim_events(integer, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.claim_events(p_limit integer DEFAULT 50, p_lease_seconds integer DEFAULT 60) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_events jsonb;
+begin
+  -- validate
+  if p_limit is null or p_limit not between 1 and 1000 then
+    perform credit_jobs_internal.raise_error('CJ007', 'limit must be between 1 and 1000');
+  end if;
+  if p_lease_seconds is null or p_lease_seconds not between 1 and 3600 then
+    perform credit_jobs_internal.raise_error('CJ007', 'lease_seconds must be between 1 and 3600');
+  end if;
+  -- lock + write: due event rows (credit_events_due), leased
+  with due as (
+    select id from public.credit_events
+    where next_attempt_at <= now()
+    order by next_attempt_at, seq
+    limit p_limit
+    for update skip locked
+  ), claimed as (
+    update public.credit_events e
+    set next_attempt_at = now() + make_interval(secs => p_lease_seconds)
+    from due
+    where e.id = due.id
+    returning e.*
+  )
+  select coalesce(jsonb_agg(jsonb_build_object(
+      'id', c.id, 'type', c.type, 'user_id', c.user_id, 'payload', c.payload,
+      'created_at', c.created_at, 'attempts', c.attempts)
+    order by c.seq), '[]'::jsonb)
+  into v_events
+  from claimed c;
+  return jsonb_build_object('events', v_events);
+end;
+$$;
+
+
+--
 -- Name: claim_jobs(text, text[], integer); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1109,6 +1206,7 @@ CREATE FUNCTION public.complete_job(p_job_id uuid, p_attempt integer, p_result j
 declare
   v_job public.jobs;
   v_used integer;
+  v_balance bigint;
 begin
   -- lock + fence
   v_job := credit_jobs_internal.lock_job_for_report(p_job_id, p_attempt);
@@ -1132,7 +1230,7 @@ begin
   if p_result is not null and octet_length(p_result::text) > 1048576 then
     perform credit_jobs_internal.raise_error('CJ007', 'result must be at most 1 MiB');
   end if;
-  -- write: completion and the partial-capture refund commit together
+  -- write: completion, the partial-capture refund and the event commit together
   update public.jobs
   set status = 'completed',
       result = p_result,
@@ -1146,10 +1244,15 @@ begin
   where id = p_job_id
   returning * into v_job;
   if v_job.refunded > 0 then
-    perform credit_jobs_internal.post_entry(
+    v_balance := credit_jobs_internal.post_entry(
       v_job.user_id, v_job.id, 'refund', v_job.refunded,
       format('partial capture: used %s of %s', v_used, v_job.cost));
+  else
+    select balance into v_balance from public.credit_accounts where user_id = v_job.user_id;
   end if;
+  perform credit_jobs_internal.emit_event(v_job.user_id, 'job.completed', jsonb_build_object(
+    'job', credit_jobs_internal.event_job_json(v_job), 'refunded', v_job.refunded,
+    'balance', v_balance));
   return jsonb_build_object('job', credit_jobs_internal.job_json(v_job), 'outcome', 'applied');
 end;
 $$;
@@ -1876,6 +1979,49 @@ $$;
 
 
 --
+-- Name: record_event_deliveries(jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.record_event_deliveries(p_results jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_counts jsonb;
+begin
+  -- validate
+  if jsonb_typeof(p_results) is distinct from 'array' then
+    perform credit_jobs_internal.raise_error('CJ007', 'results must be a JSON array');
+  end if;
+  -- lock + write: those event rows only (a delivered one stays delivered)
+  with results as (
+    select * from jsonb_to_recordset(p_results)
+      as r(id uuid, delivered boolean, error text, retry_in_seconds integer)
+  ), recorded as (
+    update public.credit_events e
+    set attempts = e.attempts + 1,
+        last_attempt_at = now(),
+        delivered_at = case when r.delivered then now() end,
+        next_attempt_at = case when not r.delivered and r.retry_in_seconds is not null
+                               then now() + make_interval(secs => greatest(r.retry_in_seconds, 0)) end,
+        last_error = case when r.delivered then null
+                          else left(coalesce(r.error, 'delivery failed'), 1000) end
+    from results r
+    where e.id = r.id and e.delivered_at is null
+    returning e.delivered_at, e.next_attempt_at
+  )
+  select jsonb_build_object(
+    'delivered', count(*) filter (where delivered_at is not null),
+    'failed', count(*) filter (where delivered_at is null),
+    'gave_up', count(*) filter (where delivered_at is null and next_attempt_at is null))
+  into v_counts
+  from recorded;
+  return v_counts;
+end;
+$$;
+
+
+--
 -- Name: refund_job_atomic(uuid, text, integer); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1910,6 +2056,33 @@ begin
   -- write
   v_job := credit_jobs_internal.terminate_with_refund(v_job, 'failed', coalesce(p_reason, 'refunded'));
   return jsonb_build_object('job', credit_jobs_internal.job_json(v_job), 'outcome', 'refunded');
+end;
+$$;
+
+
+--
+-- Name: replay_events(uuid[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.replay_events(p_event_ids uuid[] DEFAULT NULL::uuid[]) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_count integer;
+begin
+  -- lock + write: event rows only
+  if p_event_ids is null then
+    update public.credit_events
+    set attempts = 0, next_attempt_at = now()
+    where delivered_at is null and attempts > 0 and next_attempt_at is null;
+  else
+    update public.credit_events
+    set attempts = 0, next_attempt_at = now(), delivered_at = null
+    where id = any (p_event_ids);
+  end if;
+  get diagnostics v_count = row_count;
+  return jsonb_build_object('replayed', v_count);
 end;
 $$;
 
@@ -1951,6 +2124,41 @@ begin
     'shortfall', v_grant.amount - v_grant.expired - v_grant.revoked,
     'balance', v_balance,
     'outcome', case when v_revoked > 0 or v_grant.revoked_at = now() then 'applied' else 'duplicate' end);
+end;
+$$;
+
+
+--
+-- Name: set_low_balance_threshold(uuid, bigint); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.set_low_balance_threshold(p_user_id uuid, p_threshold bigint) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  v_account public.credit_accounts;
+begin
+  -- validate
+  if p_user_id is null then
+    perform credit_jobs_internal.raise_error('CJ007', 'user_id is required');
+  end if;
+  if p_threshold < 0 then
+    perform credit_jobs_internal.raise_error('CJ007', 'threshold must be 0 or more (null: the default)');
+  end if;
+  -- lock + write: the account row (not its balance)
+  update public.credit_accounts set low_balance_threshold = p_threshold, updated_at = now()
+  where user_id = p_user_id
+  returning * into v_account;
+  if not found then
+    perform credit_jobs_internal.raise_error('CJ003', format('no credit account for user %s', p_user_id));
+  end if;
+  return jsonb_build_object(
+    'user_id', v_account.user_id,
+    'low_balance_threshold', v_account.low_balance_threshold,
+    'effective_threshold', coalesce(v_account.low_balance_threshold,
+      (select s.low_balance_threshold from public.credit_settings s)),
+    'outcome', 'applied');
 end;
 $$;
 
@@ -2100,8 +2308,17 @@ CREATE TABLE public.credit_accounts (
     balance bigint DEFAULT 0 NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT credit_accounts_balance_check CHECK ((balance >= 0))
+    low_balance_threshold bigint,
+    CONSTRAINT credit_accounts_balance_check CHECK ((balance >= 0)),
+    CONSTRAINT credit_accounts_low_balance_threshold_check CHECK ((low_balance_threshold >= 0))
 );
+
+
+--
+-- Name: COLUMN credit_accounts.low_balance_threshold; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.credit_accounts.low_balance_threshold IS 'credits.low fires when the balance drops below this; null = credit_settings.low_balance_threshold';
 
 
 --
@@ -2171,6 +2388,43 @@ CREATE VIEW public.credit_discrepancies WITH (security_invoker='true') AS
 
 
 --
+-- Name: credit_events; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.credit_events (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    seq bigint NOT NULL,
+    user_id uuid NOT NULL,
+    type text NOT NULL,
+    payload jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    next_attempt_at timestamp with time zone DEFAULT now(),
+    last_attempt_at timestamp with time zone,
+    last_error text,
+    delivered_at timestamp with time zone,
+    CONSTRAINT credit_events_attempts_check CHECK ((attempts >= 0)),
+    CONSTRAINT credit_events_check CHECK (((delivered_at IS NULL) OR (next_attempt_at IS NULL))),
+    CONSTRAINT credit_events_payload_check CHECK ((jsonb_typeof(payload) = 'object'::text)),
+    CONSTRAINT credit_events_type_check CHECK ((type = ANY (ARRAY['job.completed'::text, 'job.failed'::text, 'job.cancelled'::text, 'credits.granted'::text, 'credits.low'::text, 'credits.depleted'::text, 'credits.expired'::text])))
+);
+
+
+--
+-- Name: credit_events_seq_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+ALTER TABLE public.credit_events ALTER COLUMN seq ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.credit_events_seq_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
 -- Name: credit_ledger_id_seq; Type: SEQUENCE; Schema: public; Owner: -
 --
 
@@ -2228,7 +2482,9 @@ CREATE TABLE public.credit_plans (
 CREATE TABLE public.credit_settings (
     id boolean DEFAULT true NOT NULL,
     refund_grace interval DEFAULT '7 days'::interval NOT NULL,
+    low_balance_threshold bigint DEFAULT 10 NOT NULL,
     CONSTRAINT credit_settings_id_check CHECK (id),
+    CONSTRAINT credit_settings_low_balance_threshold_check CHECK ((low_balance_threshold >= 0)),
     CONSTRAINT credit_settings_refund_grace_check CHECK ((refund_grace >= '00:00:00'::interval))
 );
 
@@ -2342,6 +2598,29 @@ CREATE TABLE public.stripe_customers (
 
 
 --
+-- Name: undelivered_events; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.undelivered_events WITH (security_invoker='true') AS
+ SELECT id,
+    user_id,
+    type,
+    created_at,
+    attempts,
+    last_attempt_at,
+    last_error,
+    next_attempt_at,
+        CASE
+            WHEN (next_attempt_at IS NULL) THEN 'gave_up'::text
+            ELSE 'retrying'::text
+        END AS state,
+    payload
+   FROM public.credit_events e
+  WHERE ((delivered_at IS NULL) AND (attempts > 0))
+  ORDER BY seq;
+
+
+--
 -- Name: credit_accounts credit_accounts_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -2355,6 +2634,14 @@ ALTER TABLE ONLY public.credit_accounts
 
 ALTER TABLE ONLY public.credit_allocations
     ADD CONSTRAINT credit_allocations_pkey PRIMARY KEY (job_id, seq);
+
+
+--
+-- Name: credit_events credit_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.credit_events
+    ADD CONSTRAINT credit_events_pkey PRIMARY KEY (id);
 
 
 --
@@ -2450,6 +2737,20 @@ ALTER TABLE ONLY public.stripe_customers
 --
 
 CREATE INDEX credit_allocations_grant ON public.credit_allocations USING btree (grant_id);
+
+
+--
+-- Name: credit_events_due; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX credit_events_due ON public.credit_events USING btree (next_attempt_at) WHERE (next_attempt_at IS NOT NULL);
+
+
+--
+-- Name: credit_events_failing; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX credit_events_failing ON public.credit_events USING btree (seq) WHERE ((delivered_at IS NULL) AND (attempts > 0));
 
 
 --
@@ -2718,6 +3019,12 @@ ALTER TABLE public.credit_accounts ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.credit_allocations ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: credit_events; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.credit_events ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: credit_grants; Type: ROW SECURITY; Schema: public; Owner: -
 --
 
@@ -2903,6 +3210,20 @@ REVOKE ALL ON FUNCTION credit_jobs_internal.cursor_uuid(p_cursor text) FROM PUBL
 --
 
 REVOKE ALL ON FUNCTION credit_jobs_internal.draw(p_user_id uuid, p_job_id uuid, p_amount bigint) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION emit_event(p_user_id uuid, p_type text, p_payload jsonb); Type: ACL; Schema: credit_jobs_internal; Owner: -
+--
+
+REVOKE ALL ON FUNCTION credit_jobs_internal.emit_event(p_user_id uuid, p_type text, p_payload jsonb) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION event_job_json(p_job public.jobs); Type: ACL; Schema: credit_jobs_internal; Owner: -
+--
+
+REVOKE ALL ON FUNCTION credit_jobs_internal.event_job_json(p_job public.jobs) FROM PUBLIC;
 
 
 --
@@ -3109,6 +3430,14 @@ GRANT ALL ON FUNCTION public.cancel_job(p_job_id uuid, p_user_id uuid) TO servic
 
 
 --
+-- Name: FUNCTION claim_events(p_limit integer, p_lease_seconds integer); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.claim_events(p_limit integer, p_lease_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.claim_events(p_limit integer, p_lease_seconds integer) TO service_role;
+
+
+--
 -- Name: FUNCTION claim_jobs(p_worker_id text, p_kinds text[], p_limit integer); Type: ACL; Schema: public; Owner: -
 --
 
@@ -3261,6 +3590,14 @@ GRANT ALL ON FUNCTION public.reap_stalled_jobs(p_limit integer) TO service_role;
 
 
 --
+-- Name: FUNCTION record_event_deliveries(p_results jsonb); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.record_event_deliveries(p_results jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.record_event_deliveries(p_results jsonb) TO service_role;
+
+
+--
 -- Name: FUNCTION refund_job_atomic(p_job_id uuid, p_reason text, p_attempt integer); Type: ACL; Schema: public; Owner: -
 --
 
@@ -3269,11 +3606,27 @@ GRANT ALL ON FUNCTION public.refund_job_atomic(p_job_id uuid, p_reason text, p_a
 
 
 --
+-- Name: FUNCTION replay_events(p_event_ids uuid[]); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.replay_events(p_event_ids uuid[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.replay_events(p_event_ids uuid[]) TO service_role;
+
+
+--
 -- Name: FUNCTION revoke_grant(p_grant_id uuid, p_reason text); Type: ACL; Schema: public; Owner: -
 --
 
 REVOKE ALL ON FUNCTION public.revoke_grant(p_grant_id uuid, p_reason text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.revoke_grant(p_grant_id uuid, p_reason text) TO service_role;
+
+
+--
+-- Name: FUNCTION set_low_balance_threshold(p_user_id uuid, p_threshold bigint); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.set_low_balance_threshold(p_user_id uuid, p_threshold bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.set_low_balance_threshold(p_user_id uuid, p_threshold bigint) TO service_role;
 
 
 --
@@ -3323,6 +3676,13 @@ GRANT SELECT ON TABLE public.credit_discrepancies TO service_role;
 
 
 --
+-- Name: TABLE credit_events; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT ON TABLE public.credit_events TO service_role;
+
+
+--
 -- Name: TABLE credit_packages; Type: ACL; Schema: public; Owner: -
 --
 
@@ -3348,6 +3708,13 @@ GRANT SELECT ON TABLE public.credit_settings TO service_role;
 --
 
 GRANT UPDATE(refund_grace) ON TABLE public.credit_settings TO service_role;
+
+
+--
+-- Name: COLUMN credit_settings.low_balance_threshold; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT UPDATE(low_balance_threshold) ON TABLE public.credit_settings TO service_role;
 
 
 --
@@ -3385,3 +3752,10 @@ GRANT SELECT ON TABLE public.stalled_jobs TO service_role;
 --
 
 GRANT SELECT ON TABLE public.stripe_customers TO service_role;
+
+
+--
+-- Name: TABLE undelivered_events; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT ON TABLE public.undelivered_events TO service_role;

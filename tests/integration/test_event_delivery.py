@@ -11,9 +11,11 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from standardwebhooks.webhooks import Webhook
+from werkzeug.serving import make_server
 
 from shared.core.db import PostgresDatabase, close_pools
 from shared.push import events as outbox
@@ -25,6 +27,7 @@ from tests.integration.http_helpers import MAINTENANCE_TOKEN, http_api
 from tests.integration.sqlfns import add_kind, call, connect, create_job
 from tests.integration.test_admin_runbook import run_file
 
+README = Path(__file__).resolve().parents[2] / "README.md"
 SECRET = "whsec_" + base64.b64encode(b"test-only events secret, 32 byte").decode()
 
 
@@ -280,3 +283,40 @@ def test_the_maintenance_function_delivers_to_events_url(monkeypatch, db_url, co
     assert (response.json["events_delivered"], response.json["events_failed"]) == (1, 0)
     assert [d["body"]["type"] for d in receiver.verified] == ["credits.granted"]
     assert json.loads(server.requests[0].body)["data"]["amount"] == 25
+
+
+def readme_receiver() -> str:
+    """The Python receiver of the README's "Events for your backend"."""
+    section = README.read_text().split("## Events for your backend", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_receiver_verifies_and_handles_each_event_once(
+    monkeypatch, tmp_path, conn, db, make_user
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EVENTS_WEBHOOK_SECRET", SECRET)
+    receiver: dict = {"__name__": "readme_receiver"}
+    exec(compile(readme_receiver(), "README.md", "exec"), receiver)
+    handled: list[dict] = []
+    receiver["handle"] = handled.append
+    server = make_server("127.0.0.1", 0, receiver["app"])
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/credit-events"
+    make_user(25)
+    [event] = conn.execute("select id from public.credit_events").fetchall()
+    try:
+        forged = EventSender(url, "whsec_" + base64.b64encode(b"someone else's secret").decode())
+        assert deliver_events(db, forged) == {"delivered": 0, "failed": 1}
+        assert "HTTP 401" in row(conn, event["id"])["last_error"]
+        make_due(conn)
+        sender = EventSender(url, SECRET)
+        assert deliver_events(db, sender) == {"delivered": 1, "failed": 0}
+        call(conn, "replay_events", event_ids=[event["id"]])
+        assert deliver_events(db, sender) == {"delivered": 1, "failed": 0}  # a repeat: dropped
+        forged.close()
+        sender.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [(e["id"], e["type"]) for e in handled] == [(str(event["id"]), "credits.granted")]

@@ -292,3 +292,41 @@ def test_random_concurrent_operations_keep_every_money_invariant(conn, db_url, m
     assert unallocated == []
     for user in work.users:
         assert_conserved(conn, user)
+    # G12: every job end, grant, expiry and threshold crossing has exactly its one event, and a
+    # job's event says what its row says was refunded
+    disagreeing = conn.execute(
+        """
+        with expected as (
+          select 'job.' || status as type, id::text as subject, refunded::bigint as refunded
+          from public.jobs where status in ('completed', 'failed', 'cancelled')
+          union all
+          select case entry_type when 'grant' then 'credits.granted' else 'credits.expired' end,
+                 id::text, null
+          from public.credit_ledger where entry_type in ('grant', 'expiry')
+          union all
+          select crossing.type, l.id::text, null
+          from public.credit_ledger l
+          join public.credit_accounts a using (user_id)
+          cross join public.credit_settings s
+          cross join lateral (
+            select 'credits.low' as type
+            where l.balance_after - l.amount >= coalesce(a.low_balance_threshold,
+                                                         s.low_balance_threshold)
+              and l.balance_after < coalesce(a.low_balance_threshold, s.low_balance_threshold)
+            union all
+            select 'credits.depleted' where l.balance_after = 0
+          ) crossing
+          where l.amount < 0
+        ), written as (
+          select type,
+                 coalesce(payload->'job'->>'id', payload->>'entry_id'),
+                 (payload->>'refunded')::bigint
+          from public.credit_events
+        )
+        select 'missing' as problem, *
+        from (select * from expected except all select * from written) m
+        union all
+        select 'unexpected', * from (select * from written except all select * from expected) u
+        """
+    ).fetchall()
+    assert disagreeing == []
