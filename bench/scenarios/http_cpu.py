@@ -9,16 +9,25 @@ body. The event log line is formatted and written (to /dev/null).
 
 Series, in blocks of BLOCK requests taking turns within each round:
 - `hello`: GET, "Hello, World!".
+- `hello_wait`: the same after one `time.sleep` as long as generate's database calls took (the
+  mean wall time of the last generate block). It measures what a single idle wait costs a request
+  in CPU here: on these virtual machines the code that runs after a thread wakes runs several
+  times slower, and thread_time counts it (`wait_cost` = hello_wait - hello).
 - `generate`: POST {"kind": "bench"} for one of TOKEN_USERS users, each user always sending the
   same token (as a signed-in client does for the token's hour).
 - `generate_new_token`: the same with a token never seen before on every request.
+- `generate_canned`: `generate` with its database call answered from memory (an answer
+  create_job gave in this run), so no wait: generate's own Python CPU outside the database,
+  measured directly rather than by subtraction.
 
 For generate, the CPU spent inside the database call (`db.rpc`: pool checkout, composing and
 sending the statement, reading and decoding the answer; the thread sleeps while PostgreSQL works,
 which thread_time does not count) is timed apart, so each figure has a whole-request value and an
 "outside the database" value (whole request minus the CPU inside `db.rpc`). The wall time of
-`db.rpc` is reported too. Ratios are per round (mean CPU per request over hello's), median of
-rounds.
+`db.rpc` is reported too. Ratios, each per round (mean CPU per request) and then the median of
+rounds: whole request / hello, outside the database / hello, the whole request less the wait
+cost / hello (generate's own work, the driver's included, as if its one wait were free), and
+generate_canned / hello (the target: at most TARGET).
 """
 
 from __future__ import annotations
@@ -48,11 +57,16 @@ HELLO_SOURCE = ROOT / "bench" / "hello_function.py"
 BLOCK = 25  # requests of one series before the next series' turn
 TOKEN_USERS = 100  # generate's users; each keeps one token for the whole run
 GENERATE_BODY = b'{"kind": "bench"}'
-SERIES = ("hello", "generate", "generate_new_token")
+SERIES = ("hello", "hello_wait", "generate", "generate_new_token", "generate_canned")
+APPS = {"hello": "hello", "hello_wait": "hello_wait"}  # the others: generate
+TARGET = 2.5
+FIRST_WAIT_SECONDS = 0.004  # hello_wait's sleep until a generate block has been timed
 EXPECTED_STATUS = {
     "hello": "200 OK",
+    "hello_wait": "200 OK",
     "generate": "201 CREATED",
     "generate_new_token": "201 CREATED",
+    "generate_canned": "201 CREATED",
 }
 
 
@@ -122,18 +136,22 @@ class Runner:
     def __init__(self, apps: dict[str, Any], timer: RpcTimer, users: int) -> None:
         self.apps = apps
         self.timer = timer
+        self.canned: Any = None  # create_job's answer for generate_canned
         self.users = users
         self.tokens = {n: mint_token(user_id(n), JWT_SECRET) for n in range(1, users + 1)}
         self.next_user = 0
+        self.wait = FIRST_WAIT_SECONDS
         self.samples: dict[str, dict[str, list[float]]] = {}
 
     def _environs(self, series: str) -> list[dict]:
         if series == "hello":
             return [_environ("GET") for _ in range(BLOCK)]
+        if series == "hello_wait":
+            return [_environ("GET") | {"bench.wait_seconds": self.wait} for _ in range(BLOCK)]
         environs = []
         for _ in range(BLOCK):
             self.next_user = self.next_user % self.users + 1
-            if series == "generate":
+            if series != "generate_new_token":
                 token = self.tokens[self.next_user]
             else:  # a claim of its own makes every token a new string
                 fresh = {"session_id": str(uuid.uuid4())}
@@ -144,7 +162,16 @@ class Runner:
 
     def block(self, series: str, record: bool = True) -> None:
         """BLOCK requests of one series; each timed on its own."""
-        app = self.apps["hello" if series == "hello" else "generate"]
+        database = self.timer.rpc
+        if series == "generate_canned":
+            self.timer.rpc = lambda name, **params: self.canned
+        try:
+            self._timed(series, record)
+        finally:
+            self.timer.rpc = database
+
+    def _timed(self, series: str, record: bool) -> None:
+        app = self.apps[APPS.get(series, "generate")]
         expected = EXPECTED_STATUS[series]
         seen: list[str] = []
 
@@ -168,6 +195,8 @@ class Runner:
                 samples["cpu"].append(cpu)
                 samples["rpc_cpu"].append(self.timer.cpu - rpc_cpu)
                 samples["rpc_wall"].append(self.timer.wall - rpc_wall)
+        if series == "generate" and record:
+            self.wait = statistics.mean(samples["rpc_wall"][-BLOCK:])
 
     def take(self) -> dict[str, dict[str, list[float]]]:
         taken, self.samples = self.samples, {}
@@ -201,15 +230,16 @@ def run(ctx: Context) -> dict[str, Any]:
     try:
         with _environment(url), _event_lines_to_devnull():
             apps = {
-                "hello": functions_framework.create_app("hello", str(HELLO_SOURCE)),
-                "generate": functions_framework.create_app("generate", str(SOURCE)),
-            }
+                target: functions_framework.create_app(target, str(HELLO_SOURCE))
+                for target in ("hello", "hello_wait")
+            } | {"generate": functions_framework.create_app("generate", str(SOURCE))}
             users = min(TOKEN_USERS, ctx.config.users)
             runner = Runner(apps, RpcTimer(lambda name, **params: None), users)
             runner.block("hello", record=False)  # builds the services: then db can be wrapped
             db = services.services().db
             runner.timer = RpcTimer(db.rpc)
             db.rpc = runner.timer  # an instance attribute: only this process's services
+            runner.canned = db.rpc("create_job", p_user_id=user_id(1), p_kind="bench")
             rounds = _measure(ctx, runner)
     finally:
         ctx.drop(url)
@@ -221,17 +251,44 @@ def run(ctx: Context) -> dict[str, Any]:
         "rounds": rounds,
     }
     for name in ("generate", "generate_new_token"):
-        pairs = list(zip(by_series[name], by_series["hello"], strict=True))
-        result[f"{name}_over_hello"] = _median([g["cpu_us"] / h["cpu_us"] for g, h in pairs])
-        result[f"{name}_outside_db_over_hello"] = _median(
-            [g["outside_db_cpu_us"] / h["cpu_us"] for g, h in pairs]
-        )
+        result |= _ratios(name, by_series)
+    result["generate_canned_over_hello"] = _median(
+        [
+            ours["outside_db_cpu_us"] / hello["cpu_us"]
+            for ours, hello in zip(by_series["generate_canned"], by_series["hello"], strict=True)
+        ]
+    )
+    result["wait_cost_us"] = round(
+        statistics.median(
+            w["cpu_us"] - h["cpu_us"]
+            for h, w in zip(by_series["hello"], by_series["hello_wait"], strict=True)
+        ),
+        1,
+    )
     ctx.log(
         f"    generate / hello CPU per request: {result['generate_over_hello']}"
-        f" (outside the database {result['generate_outside_db_over_hello']});"
-        f" new token each request {result['generate_new_token_over_hello']}"
+        f" (outside the database {result['generate_outside_db_over_hello']}, less the wait's"
+        f" cost {result['generate_net_of_wait_over_hello']}); new token each request"
+        f" {result['generate_new_token_over_hello']}; database answered from memory"
+        f" {result['generate_canned_over_hello']}"
     )
     return result
+
+
+def _ratios(name: str, by_series: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """name's ratios to hello, each the median of the per-round ratios."""
+    whole, outside, net = [], [], []
+    rounds = zip(by_series[name], by_series["hello"], by_series["hello_wait"], strict=True)
+    for ours, hello, hello_wait in rounds:
+        wait_cost = hello_wait["cpu_us"] - hello["cpu_us"]
+        whole.append(ours["cpu_us"] / hello["cpu_us"])
+        outside.append(ours["outside_db_cpu_us"] / hello["cpu_us"])
+        net.append((ours["cpu_us"] - wait_cost) / hello["cpu_us"])
+    return {
+        f"{name}_over_hello": _median(whole),
+        f"{name}_outside_db_over_hello": _median(outside),
+        f"{name}_net_of_wait_over_hello": _median(net),
+    }
 
 
 def _measure(ctx: Context, runner: Runner) -> list[dict[str, Any]]:
@@ -249,7 +306,8 @@ def _measure(ctx: Context, runner: Runner) -> list[dict[str, Any]]:
                 runner.block(series)
             if time.monotonic() >= deadline:
                 break
-        summary = {name: _summary(samples) for name, samples in runner.take().items()}
+        taken = runner.take()
+        summary = {name: _summary(taken[name]) for name in SERIES}
         rounds.append(summary)
         ctx.log(
             f"s8 HTTP CPU, round {round_no}/{cfg.runs}: "
