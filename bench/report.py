@@ -53,6 +53,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"HTTP generate / SQL create_job, {clients} clients", ">= 0.5", r, _ge(r, 0.5))
         p99 = http["series"]["generate"][clients]["median"]["p99_ms"]
         add(f"HTTP generate p99, {clients} clients", "<= 50 ms", p99, p99 <= 50)
+    cpu = s.get("http_cpu")
+    if cpu:
+        r = cpu["generate_canned_over_hello"]
+        add("HTTP CPU per request outside the database: generate / hello-world target", "<= 2.5",
+            r, _le(r, 2.5), f"with the database: whole request {cpu['generate_over_hello']},"
+            f" outside db.rpc {cpu['generate_outside_db_over_hello']}, less one wait's cost"
+            f" {cpu['generate_net_of_wait_over_hello']}")  # fmt: skip
     history = s.get("history")
     if history:
         worst = max(page["p99_ms"] for page in history["pages"].values())
@@ -110,6 +117,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", *_overdraw_table(s["seed_way"]["overdraw"])]
     if "http_api" in s and s["http_api"]["round_trips"]:
         lines += ["", *_round_trips_table(s["http_api"]["round_trips"])]
+    if "http_cpu" in s:
+        lines += ["", *_http_cpu_table(s["http_cpu"])]
     if "history" in s:
         lines += ["", *_history_table(s["history"])]
     if "reaping" in s:
@@ -159,6 +168,33 @@ def _round_trips_table(trips: dict[str, Any]) -> list[str]:
         for clients, data in by_clients.items():
             shown = "; ".join(f"`{q[:40]}` x{c}" for q, c in data["statements"].items())
             lines.append(f"| {name} | {clients} | {data['per_request']} | {shown} |")
+    return lines
+
+
+def _http_cpu_table(cpu: dict[str, Any]) -> list[str]:
+    lines = [
+        "**Python CPU per HTTP request** (one process, direct WSGI calls, thread CPU time; µs,"
+        " median of rounds; outside the database = whole request minus the CPU inside db.rpc;"
+        " hello_wait = hello after one sleep as long as generate's database call;"
+        " generate_canned = generate with db.rpc answered from memory)",
+        "",
+        "| series | whole request | p50 | outside the database | inside db.rpc | db.rpc wall |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in cpu["cpu_per_request"].items():
+        lines.append(
+            f"| {name} | {m['cpu_us']:.0f} | {m['cpu_p50_us']:.0f} | {m['outside_db_cpu_us']:.0f}"
+            f" | {m['db_call_cpu_us']:.0f} | {m['db_call_wall_us']:.0f} |"
+        )
+    lines += [
+        "",
+        f"generate / hello: whole request {cpu['generate_over_hello']}, outside db.rpc"
+        f" {cpu['generate_outside_db_over_hello']}, less one wait's cost ({cpu['wait_cost_us']} µs)"
+        f" {cpu['generate_net_of_wait_over_hello']}; database answered from memory"
+        f" {cpu['generate_canned_over_hello']}. A new token on every request: whole request"
+        f" {cpu['generate_new_token_over_hello']}, outside db.rpc"
+        f" {cpu['generate_new_token_outside_db_over_hello']}.",
+    ]
     return lines
 
 

@@ -29,7 +29,16 @@ from bench.harness import Config, Context
 from bench.server import start, stop
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("sql_core", "hot_account", "seed_way", "http_api", "history", "reaping", "flat_cost")
+SCENARIOS = (
+    "sql_core",
+    "hot_account",
+    "seed_way",
+    "http_api",
+    "history",
+    "reaping",
+    "flat_cost",
+    "http_cpu",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

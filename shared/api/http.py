@@ -13,9 +13,7 @@ into `{"error": {"code", "message"}}`; any other exception is logged and answere
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import math
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 import flask
 import pydantic
 
+from shared.core import jsoncodec
 from shared.core.errors import (
     ApiError,
     internal_error,
@@ -52,7 +51,7 @@ def json_response(
     body: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> flask.Response:
     return flask.Response(
-        json.dumps(body, separators=(",", ":"), default=str),
+        jsoncodec.dumps(body),
         status=status,
         headers=headers,
         mimetype="application/json",
@@ -74,17 +73,6 @@ def cors_headers(origin: str | None, allowed_origins: Iterable[str]) -> dict[str
     if origin in allowed:
         return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
     return {}
-
-
-class _NotStorable(ValueError):
-    """Valid JSON that PostgreSQL cannot store; the message is for the client."""
-
-
-def _finite(text: str) -> float:
-    value = float(text)  # parses NaN, Infinity and -Infinity too (as parse_constant)
-    if not math.isfinite(value):
-        raise _NotStorable("numbers must be finite")
-    return value
 
 
 def read_body(request: flask.Request, limit: int) -> bytes:
@@ -126,8 +114,8 @@ def json_body(request: flask.Request) -> dict:
     """The request body as a JSON object that PostgreSQL can store, or ApiError invalid_request."""
     data = request.get_data(cache=True)
     try:
-        body = json.loads(data, parse_float=_finite, parse_constant=_finite) if data else None
-    except _NotStorable as exc:
+        body = jsoncodec.loads(data, finite=True) if data else None
+    except jsoncodec.NonFiniteNumber as exc:
         raise invalid_request(str(exc)) from None
     except RecursionError:
         raise invalid_request(f"JSON must be nested at most {MAX_JSON_DEPTH} deep") from None
@@ -141,6 +129,8 @@ def json_body(request: flask.Request) -> dict:
 
 def storable_query(request: flask.Request) -> None:
     """ApiError invalid_request unless every query parameter name and value can be stored."""
+    if not request.query_string:
+        return
     for name, value in request.args.items(multi=True):
         if UNSTORABLE_TEXT.search(name) or UNSTORABLE_TEXT.search(value):
             raise invalid_request(f"query parameters {UNSTORABLE_MESSAGE}")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import functools
+import select
 import threading
 import uuid
 from dataclasses import dataclass
@@ -24,10 +26,10 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from shared.core import errors
+from shared.core import errors, jsoncodec
 from shared.core.settings import ConfigurationError, Settings
 
 # Supavisor's transaction pooler: a connection may change between statements, so psycopg must
@@ -39,6 +41,8 @@ POOL_MAX_SIZE = 10
 POOL_TIMEOUT_SECONDS = 10.0
 CONNECT_TIMEOUT_SECONDS = 10
 DATA_API_TIMEOUT_SECONDS = 30.0
+# Distinct (function, parameter names) the code calls, with room to spare.
+RPC_STATEMENTS_CACHED = 256
 
 
 class Database(Protocol):
@@ -59,14 +63,7 @@ class PostgresDatabase:
         self.url = url
 
     def rpc(self, name: str, **params: Any) -> Any:
-        query = sql.SQL("select {}.{}({})").format(
-            sql.Identifier("public"),
-            sql.Identifier(name),
-            sql.SQL(", ").join(
-                sql.SQL("{} => {}").format(sql.Identifier(key), sql.Placeholder(key))
-                for key in params
-            ),
-        )
+        query = _rpc_statement(name, tuple(params))
         values = {key: _to_postgres(value) for key, value in params.items()}
         try:
             # one statement in autocommit: the stored procedure's work commits or rolls back whole
@@ -113,6 +110,27 @@ class SupabaseDatabase:
             return self._client
 
 
+@functools.lru_cache(maxsize=RPC_STATEMENTS_CACHED)
+def _rpc_statement(name: str, keys: tuple[str, ...]) -> str:
+    """`select "public"."<name>"("<key>" => %(<key>)s, ...)`, composed once per name and keys.
+
+    As text, psycopg also reuses its parsed form of the statement (a Composed is rendered anew on
+    every execute). Names and keys come from the code, never from a request.
+    """
+    return (
+        sql.SQL("select {}.{}({})")
+        .format(
+            sql.Identifier("public"),
+            sql.Identifier(name),
+            sql.SQL(", ").join(
+                sql.SQL("{} => {}").format(sql.Identifier(key), sql.Placeholder(key))
+                for key in keys
+            ),
+        )
+        .as_string()
+    )
+
+
 def database_from_settings(settings: Settings) -> Database:
     """DATABASE_URL wins; otherwise the Data API with the service-role key."""
     if settings.database_url:
@@ -146,13 +164,35 @@ def _pool_for(url: str) -> ConnectionPool:
                 max_size=POOL_MAX_SIZE,
                 timeout=POOL_TIMEOUT_SECONDS,
                 kwargs=kwargs,
-                # a pooler or the server may drop idle connections; test before handing one out
-                check=ConnectionPool.check_connection,
+                configure=_configure_connection,
+                check=_check_idle_connection,
                 open=True,
                 name="credit-jobs",
             )
             _pools[url] = pool
         return pool
+
+
+def _configure_connection(conn: psycopg.Connection) -> None:
+    set_json_loads(jsoncodec.loads, conn)
+
+
+def _check_idle_connection(conn: psycopg.Connection) -> None:
+    """The pool's check before handing out a connection, without a round trip while it is sound.
+
+    A pooler or the server may drop idle connections. An idle connection has nothing to read
+    unless the server closed it or said something (shutting down, terminating the backend): then,
+    and for a connection psycopg knows is closed, the full check (an empty query) runs, and fails
+    on a dead one so the pool takes another.
+    """
+    if conn.closed or _readable(conn.pgconn.socket):
+        ConnectionPool.check_connection(conn)
+
+
+def _readable(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def close_pools() -> None:

@@ -8,10 +8,11 @@ prints `{"event": "job_created", "severity": "INFO", "job_id": "...", ...}` on t
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from typing import Any
+
+from shared.core import jsoncodec
 
 logger = logging.getLogger("credit_jobs.events")
 
@@ -19,7 +20,7 @@ logger = logging.getLogger("credit_jobs.events")
 def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
     line = {"event": event, "severity": logging.getLevelName(level), "message": event}
     line.update({key: value for key, value in fields.items() if value is not None})
-    logger.log(level, json.dumps(line, default=str, separators=(",", ":")))
+    logger.log(level, jsoncodec.dumps(line).decode())
 
 
 def configure() -> None:

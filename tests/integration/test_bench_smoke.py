@@ -35,6 +35,7 @@ def test_every_scenario_runs_and_reports(
         "foreground p99 while reaping / idle p99",
         "flat cost: worst growth of a hot operation",
         "fair claims: other users served in the next 20 claims",
+        "HTTP CPU per request outside the database: generate / hello-world target",
     }
     # The correctness half of the comparisons holds at any size.
     overdraw = results["scenarios"]["seed_way"]["overdraw"]["2"]
@@ -46,6 +47,10 @@ def test_every_scenario_runs_and_reports(
     assert results["scenarios"]["history"]["plan_uses_index"] in (True, False)
     fairness = results["scenarios"]["flat_cost"]["fairness"]
     assert fairness["served_one_at_a_time"] >= 18 and fairness["served_in_batches_of_10"] >= 18
+    cpu = results["scenarios"]["http_cpu"]
+    assert cpu["generate_over_hello"] > cpu["generate_outside_db_over_hello"] > 0
+    assert cpu["generate_canned_over_hello"] > 0
+    assert all(s["cpu_us"] > 0 for s in cpu["cpu_per_request"].values())
     assert (tmp_path / record.name.replace(".json", ".md")).exists()
     if charts:
         assert len(list((tmp_path / record.stem).glob("*.png"))) == 7

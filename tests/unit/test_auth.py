@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -14,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from shared.api import auth
 from shared.api.auth import TokenVerifier
 from shared.core.errors import ApiError
 from shared.dev.tokens import supabase_claims
@@ -170,3 +172,143 @@ def test_token_algorithm_must_match_its_key(jwks_url):
 def test_unreachable_jwks_is_refused_cleanly():
     es = jwt.encode(claims(), EC_KEY, "ES256", headers={"kid": "ec-1"})
     assert "unavailable" in refused(es, jwks_url=closed_port_url())
+
+
+# The verified-token cache: a token's text verified once is trusted until min(exp, 5 min).
+
+
+class Clock:
+    """The time both the cache and PyJWT's claim checks see."""
+
+    def __init__(self) -> None:
+        self.now = float(int(time.time()))
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    clock = Clock()
+
+    class FrozenDatetime(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return dt.datetime.fromtimestamp(clock.now, tz)
+
+    monkeypatch.setattr(auth, "time", clock)
+    monkeypatch.setattr(jwt.api_jwt, "datetime", FrozenDatetime)
+    return clock
+
+
+@pytest.fixture
+def decodes(monkeypatch) -> list[str]:
+    """Every token that went through full verification (jwt.decode), in order."""
+    seen: list[str] = []
+    decode = jwt.decode
+
+    def counting(token, *args, **kwargs):
+        seen.append(token)
+        return decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    return seen
+
+
+def bearer(token: str) -> str:
+    return f"Bearer {token}"
+
+
+def test_a_cached_token_is_refused_once_it_expires(clock, decodes):
+    verifier = TokenVerifier(jwt_secret=SECRET)
+    token = hs_token(exp=int(clock.now) + 60)
+    assert verifier.user_id(bearer(token)) == USER
+    clock.now += 59
+    assert verifier.user_id(bearer(token)) == USER
+    assert len(decodes) == 1  # the second came from the cache
+    clock.now += 1  # at exp the entry ends: verified again, and the leeway still applies
+    assert verifier.user_id(bearer(token)) == USER
+    clock.now += auth.LEEWAY_SECONDS + 1
+    with pytest.raises(ApiError) as caught:
+        verifier.user_id(bearer(token))
+    assert caught.value.message == "token expired"
+    assert len(decodes) == 3
+
+
+def test_a_token_is_verified_again_when_its_entry_ends(clock, decodes):
+    verifier = TokenVerifier(jwt_secret=SECRET)
+    token = hs_token(exp=int(clock.now) + 3600)
+    assert verifier.user_id(bearer(token)) == USER
+    clock.now += auth.TOKEN_CACHE_SECONDS - 1
+    assert verifier.user_id(bearer(token)) == USER
+    assert len(decodes) == 1
+    clock.now += 1
+    assert verifier.user_id(bearer(token)) == USER
+    assert decodes == [token, token]
+
+
+def test_another_token_text_is_never_served_from_the_cache(clock, decodes):
+    verifier = TokenVerifier(jwt_secret=SECRET)
+    token = hs_token()
+    assert verifier.user_id(bearer(token)) == USER
+    head, payload, signature = token.split(".")
+    tampered = f"{head}.{payload}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BB'}"
+    with pytest.raises(ApiError) as caught:
+        verifier.user_id(bearer(tampered))
+    assert caught.value.message == "invalid token"
+    with pytest.raises(ApiError):  # the same claims signed with another secret
+        verifier.user_id(bearer(hs_token(secret="another-secret-with-at-least-32-bytes!")))
+    other = uuid.uuid4()
+    assert verifier.user_id(bearer(jwt.encode({**claims(), "sub": str(other)}, SECRET))) == other
+    assert len(decodes) == 4
+    with pytest.raises(ApiError):  # another verifier (other settings) has a cache of its own
+        TokenVerifier(jwt_secret="not-the-secret-anymore-32-bytes-long").user_id(bearer(token))
+
+
+def test_the_cache_is_bounded_and_forgets_the_least_recently_used(clock, decodes, monkeypatch):
+    monkeypatch.setattr(auth, "TOKEN_CACHE_SIZE", 3)
+    verifier = TokenVerifier(jwt_secret=SECRET)
+    tokens = [hs_token(session_id=str(n)) for n in range(4)]
+    for token in tokens[:3]:
+        verifier.user_id(bearer(token))
+    verifier.user_id(bearer(tokens[0]))  # now the most recently used
+    verifier.user_id(bearer(tokens[3]))  # evicts tokens[1]
+    assert len(decodes) == 4
+    verifier.user_id(bearer(tokens[0]))
+    verifier.user_id(bearer(tokens[3]))
+    assert len(decodes) == 4
+    verifier.user_id(bearer(tokens[1]))
+    assert decodes[-1] == tokens[1] and len(decodes) == 5
+    assert len(verifier._verified) == 3
+
+
+def test_a_cached_asymmetric_token_still_needs_its_key_from_the_jwks(clock, decodes, jwks_url):
+    verifier = TokenVerifier(jwks_url=jwks_url)
+    es = jwt.encode(claims(), EC_KEY, "ES256", headers={"kid": "ec-1"})
+    assert verifier.user_id(bearer(es)) == USER
+    assert verifier.user_id(bearer(es)) == USER
+    assert len(decodes) == 1
+    # the JWKS fetched anew: the same key, but not the object that verified it: verified again
+    verifier.jwks = jwt.PyJWKClient(jwks_url)
+    assert verifier.user_id(bearer(es)) == USER
+    assert len(decodes) == 2
+    # a JWKS without the key: refused as an uncached token would be
+    with fake_server(lambda request: (200, {"keys": [jwk(RSA_KEY.public_key(), "rsa-1")]})) as s:
+        verifier.jwks = jwt.PyJWKClient(s.url + "/jwks.json")
+        with pytest.raises(ApiError) as caught:
+            verifier.user_id(bearer(es))
+    assert "unknown" in caught.value.message
+
+
+def test_a_token_refused_is_not_remembered(clock, decodes):
+    verifier = TokenVerifier(jwt_secret=SECRET)
+    token = hs_token(aud="anon")
+    for _ in range(2):
+        with pytest.raises(ApiError):
+            verifier.user_id(bearer(token))
+    assert len(decodes) == 2
+    not_a_user = hs_token(sub="service")
+    for _ in range(2):  # verified, remembered, and still refused by user_id every time
+        with pytest.raises(ApiError) as caught:
+            verifier.user_id(bearer(not_a_user))
+        assert caught.value.message == "token subject is not a user id"
