@@ -1399,8 +1399,9 @@ begin
     where user_id = p_user_id and kind = p_kind and status in ('pending', 'processing');
     if v_active > v_kind.max_active_per_user then  -- this job is one of them
       perform credit_jobs_internal.raise_error('CJ008', format(
-        'you already have %s active %s jobs (the limit); try again when one finishes',
-        v_kind.max_active_per_user, p_kind));
+        'you already have %s active %s %s (the limit); try again when one finishes',
+        v_kind.max_active_per_user, p_kind,
+        case when v_kind.max_active_per_user = 1 then 'job' else 'jobs' end));
     end if;
   end if;
 

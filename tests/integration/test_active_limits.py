@@ -74,8 +74,9 @@ def test_the_limit_is_per_user_and_per_kind(conn, make_user):
     user, other = make_user(100), make_user(100)
     create_job(conn, user, "story")
 
-    with raises_error("too_many_active_jobs"):
+    with raises_error("too_many_active_jobs") as refused:
         create_job(conn, user, "story")
+    assert "you already have 1 active story job (the limit)" in str(refused.value)
     create_job(conn, other, "story")
     create_job(conn, user, "voice")
     for _ in range(5):
