@@ -124,7 +124,7 @@ def row(page: Page, job_id: str):
 def test_generate_watch_progress_refund_and_cancel(page: Page):
     expect(page.locator("#health")).to_contain_text("API ok")
     kinds = page.locator("#kinds button")
-    expect(kinds).to_have_count(5)
+    expect(kinds).to_have_count(6)
     expect(page.locator("button[data-kind=story]")).to_be_disabled()  # signed out
     sign_in(page)
     expect(page.locator("#balance")).to_have_text(str(START_BALANCE))
