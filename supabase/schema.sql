@@ -633,6 +633,34 @@ $$;
 
 
 --
+-- Name: replayed_job(uuid, text, text, text); Type: FUNCTION; Schema: credit_jobs_internal; Owner: -
+--
+
+CREATE FUNCTION credit_jobs_internal.replayed_job(p_user_id uuid, p_key text, p_request_hash text, p_pipeline text) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  v_job public.jobs;
+begin
+  select * into v_job from public.jobs where user_id = p_user_id and idempotency_key = p_key;
+  if not found then
+    return null;
+  end if;
+  if v_job.request_hash <> p_request_hash then
+    perform credit_jobs_internal.raise_error('CJ006',
+      'this Idempotency-Key was already used for a different request');
+  end if;
+  return jsonb_build_object(
+    'job', credit_jobs_internal.job_json(v_job),
+    'balance', (select a.balance from public.credit_accounts a where a.user_id = p_user_id),
+    'replayed', true,
+    'pipeline', case when v_job.pushed then p_pipeline else 'queue' end);
+end;
+$$;
+
+
+--
 -- Name: revoke_locked_grant(public.credit_grants, text); Type: FUNCTION; Schema: credit_jobs_internal; Owner: -
 --
 
@@ -1272,8 +1300,10 @@ declare
   v_pipeline text;
   v_pushed boolean;
   v_request_hash text;
+  v_replay jsonb;
   v_job public.jobs;
   v_balance bigint;
+  v_active bigint;
   v_project_id uuid := p_project_id;
 begin
   -- validate
@@ -1305,26 +1335,18 @@ begin
   end if;
   v_pipeline := coalesce(v_kind.pipeline, p_pipeline, 'queue');
   v_pushed := v_pipeline <> 'queue';
-
-  -- lock: the account serializes this user's requests, so the idempotency check below is exact
-  select balance into v_balance from public.credit_accounts where user_id = p_user_id for update;
-  if not found then
+  -- before the project insert, whose foreign key would refuse an unknown user less clearly
+  if not exists (select from public.credit_accounts where user_id = p_user_id) then
     perform credit_jobs_internal.raise_error('CJ003', format('no credit account for user %s', p_user_id));
   end if;
 
-  -- replay: same key and same request returns the first job; a different request is an error
+  -- replay: a retry of a committed request gets its job back, with no lock and no write
   if p_idempotency_key is not null then
     v_request_hash := md5(jsonb_build_array(p_kind, v_params, p_project_id, p_step_number)::text);
-    select * into v_job from public.jobs
-    where user_id = p_user_id and idempotency_key = p_idempotency_key;
-    if found then
-      if v_job.request_hash <> v_request_hash then
-        perform credit_jobs_internal.raise_error('CJ006',
-          'this Idempotency-Key was already used for a different request');
-      end if;
-      return jsonb_build_object(
-        'job', credit_jobs_internal.job_json(v_job), 'balance', v_balance, 'replayed', true,
-        'pipeline', case when v_job.pushed then v_pipeline else 'queue' end);
+    v_replay := credit_jobs_internal.replayed_job(
+      p_user_id, p_idempotency_key, v_request_hash, v_pipeline);
+    if v_replay is not null then
+      return v_replay;
     end if;
   end if;
 
@@ -1336,22 +1358,58 @@ begin
     perform credit_jobs_internal.raise_error('CJ003', format('project %s not found', v_project_id));
   end if;
 
+  -- lock order: the account, then this job row (new, so nobody else can wait for it), then the
+  -- account's grants
+  perform from public.credit_accounts where user_id = p_user_id for update;
+  if not found then
+    perform credit_jobs_internal.raise_error('CJ003', format('no credit account for user %s', p_user_id));
+  end if;
+
   -- write: the job and its charge commit together or not at all; a pushed job's first attempt
-  -- starts now (the caller dispatches it), a queue job's when a worker claims it
-  insert into public.jobs (
-    user_id, project_id, step_number, kind, cost, params, idempotency_key, request_hash,
-    pushed, attempt, dispatched_at, lease_expires_at)
-  values (
-    p_user_id, v_project_id, p_step_number, p_kind, v_kind.cost, v_params, p_idempotency_key,
-    v_request_hash,
-    v_pushed,
-    case when v_pushed then 1 else 0 end,
-    case when v_pushed then now() end,
-    case when v_pushed then now() + make_interval(secs => v_kind.lease_seconds) end)
-  returning * into v_job;
+  -- starts now (the caller dispatches it), a queue job's when a worker claims it. A key already
+  -- taken means a request with it committed since the replay check above: answer as a replay.
+  loop
+    insert into public.jobs (
+      user_id, project_id, step_number, kind, cost, params, idempotency_key, request_hash,
+      pushed, attempt, dispatched_at, lease_expires_at)
+    values (
+      p_user_id, v_project_id, p_step_number, p_kind, v_kind.cost, v_params, p_idempotency_key,
+      v_request_hash,
+      v_pushed,
+      case when v_pushed then 1 else 0 end,
+      case when v_pushed then now() end,
+      case when v_pushed then now() + make_interval(secs => v_kind.lease_seconds) end)
+    on conflict (user_id, idempotency_key) where idempotency_key is not null do nothing
+    returning * into v_job;
+    exit when found;
+    v_replay := credit_jobs_internal.replayed_job(
+      p_user_id, p_idempotency_key, v_request_hash, v_pipeline);
+    if v_replay is not null then
+      if p_project_id is null then
+        delete from public.projects where id = v_project_id;  -- made for this request only
+      end if;
+      return v_replay;
+    end if;
+    -- that job is gone already (its project was deleted): insert again
+  end loop;
+
+  -- the limit: every create of this user counts here under the same lock, so the count is exact
+  if v_kind.max_active_per_user is not null then
+    select count(*) into v_active from public.jobs
+    where user_id = p_user_id and kind = p_kind and status in ('pending', 'processing');
+    if v_active > v_kind.max_active_per_user then  -- this job is one of them
+      perform credit_jobs_internal.raise_error('CJ008', format(
+        'you already have %s active %s %s (the limit); try again when one finishes',
+        v_kind.max_active_per_user, p_kind,
+        case when v_kind.max_active_per_user = 1 then 'job' else 'jobs' end));
+    end if;
+  end if;
+
   if v_kind.cost > 0 then
     v_balance := credit_jobs_internal.post_entry(
       p_user_id, v_job.id, 'charge', -v_kind.cost, format('job %s (%s)', v_job.id, p_kind));
+  else
+    select balance into v_balance from public.credit_accounts where user_id = p_user_id;
   end if;
 
   return jsonb_build_object(
@@ -1776,7 +1834,8 @@ CREATE FUNCTION public.list_job_kinds() RETURNS jsonb
       'cost', k.cost,
       'description', k.description,
       'paused', k.paused,
-      'max_attempts', k.max_attempts
+      'max_attempts', k.max_attempts,
+      'max_active_per_user', k.max_active_per_user
     ) order by k.kind),
     '[]'::jsonb))
   from public.job_kinds k
@@ -2522,10 +2581,12 @@ CREATE TABLE public.job_kinds (
     description text DEFAULT ''::text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     pipeline text,
+    max_active_per_user integer,
     CONSTRAINT job_kinds_cost_check CHECK ((cost >= 0)),
     CONSTRAINT job_kinds_dispatch_timeout_seconds_check CHECK (((dispatch_timeout_seconds >= 1) AND (dispatch_timeout_seconds <= 604800))),
     CONSTRAINT job_kinds_kind_check CHECK ((kind ~ '^[a-z][a-z0-9_]{0,62}$'::text)),
     CONSTRAINT job_kinds_lease_seconds_check CHECK (((lease_seconds >= 1) AND (lease_seconds <= 86400))),
+    CONSTRAINT job_kinds_max_active_per_user_check CHECK ((max_active_per_user > 0)),
     CONSTRAINT job_kinds_max_attempts_check CHECK (((max_attempts >= 1) AND (max_attempts <= 100))),
     CONSTRAINT job_kinds_pipeline_check CHECK ((pipeline = ANY (ARRAY['local'::text, 'webhook'::text, 'prefect'::text, 'queue'::text]))),
     CONSTRAINT job_kinds_retry_delay_seconds_check CHECK (((retry_delay_seconds >= 0) AND (retry_delay_seconds <= 86400)))
@@ -2544,6 +2605,13 @@ COMMENT ON COLUMN public.job_kinds.dispatch_timeout_seconds IS 'longest wait for
 --
 
 COMMENT ON COLUMN public.job_kinds.pipeline IS 'how jobs of this kind are started: webhook, prefect, local (pushed) or queue (claimed by workers); null = the deployment''s PIPELINE';
+
+
+--
+-- Name: COLUMN job_kinds.max_active_per_user; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.job_kinds.max_active_per_user IS 'at most this many of one user''s jobs of this kind may be pending or processing at once (create_job refuses one more: CJ008, HTTP 429); null = no limit';
 
 
 --
@@ -2856,6 +2924,13 @@ CREATE INDEX jobs_project ON public.jobs USING btree (project_id);
 --
 
 CREATE INDEX jobs_retry_delay ON public.jobs USING btree (kind, pushed, available_at) WHERE ((status = 'pending'::text) AND (dispatched_at IS NULL) AND (fair_key IS NULL));
+
+
+--
+-- Name: jobs_user_active; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX jobs_user_active ON public.jobs USING btree (user_id, kind) WHERE (status = ANY (ARRAY['pending'::text, 'processing'::text]));
 
 
 --
@@ -3338,6 +3413,13 @@ REVOKE ALL ON FUNCTION credit_jobs_internal.raise_error(p_sqlstate text, p_messa
 --
 
 REVOKE ALL ON FUNCTION credit_jobs_internal.reject_ledger_change() FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION replayed_job(p_user_id uuid, p_key text, p_request_hash text, p_pipeline text); Type: ACL; Schema: credit_jobs_internal; Owner: -
+--
+
+REVOKE ALL ON FUNCTION credit_jobs_internal.replayed_job(p_user_id uuid, p_key text, p_request_hash text, p_pipeline text) FROM PUBLIC;
 
 
 --

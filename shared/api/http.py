@@ -42,6 +42,8 @@ MAX_JSON_DEPTH = 64
 UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
 UNSTORABLE_MESSAGE = "must not contain NUL characters or unpaired surrogates"
 CORS_ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key"
+# Response headers a web client may read besides the CORS-safelisted ones (a 429's wait).
+CORS_EXPOSED_HEADERS = "Retry-After"
 CORS_MAX_AGE_SECONDS = "600"
 
 Handler = Callable[[flask.Request], "dict | tuple[dict, int] | flask.Response"]
@@ -59,8 +61,9 @@ def json_response(
 
 
 def error_response(error: ApiError, extra: dict | None = None) -> flask.Response:
-    """`{"error": {...}}`, plus any extra top-level fields (e.g. the refunded `job` of a 503)."""
-    return json_response({**error.body(), **(extra or {})}, error.status)
+    """`{"error": {...}}`, plus any extra top-level fields (e.g. the refunded `job` of a 503), with
+    the error's own headers."""
+    return json_response({**error.body(), **(extra or {})}, error.status, error.headers)
 
 
 def cors_headers(origin: str | None, allowed_origins: Iterable[str]) -> dict[str, str]:
@@ -68,10 +71,11 @@ def cors_headers(origin: str | None, allowed_origins: Iterable[str]) -> dict[str
     allowed = tuple(allowed_origins)
     if not origin:
         return {}
+    exposed = {"Access-Control-Expose-Headers": CORS_EXPOSED_HEADERS}
     if "*" in allowed:
-        return {"Access-Control-Allow-Origin": "*"}
+        return {"Access-Control-Allow-Origin": "*"} | exposed
     if origin in allowed:
-        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"} | exposed
     return {}
 
 

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 logger = logging.getLogger("credit_jobs.errors")
 
+# What a 429 tells the client to wait before trying again: about as long as a short job runs.
+RETRY_AFTER_SECONDS = 30
+
 
 class ApiError(Exception):
-    """An error the client may see: a stable `code`, a human `message`, an HTTP `status`."""
+    """An error the client may see: a stable `code`, a human `message`, an HTTP `status`, and
+    any `headers` its response carries (e.g. `Retry-After`)."""
 
-    def __init__(self, code: str, message: str, status: int) -> None:
+    def __init__(
+        self, code: str, message: str, status: int, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status
+        self.headers = dict(headers or {})
 
     def body(self) -> dict:
         return {"error": {"code": self.code, "message": self.message}}
@@ -32,6 +40,7 @@ SQLSTATE_ERRORS: dict[str, tuple[str, int]] = {
     "CJ005": ("stale_attempt", 409),
     "CJ006": ("idempotency_key_reused", 422),
     "CJ007": ("invalid_argument", 400),
+    "CJ008": ("too_many_active_jobs", 429),
 }
 
 # PostgREST's own codes for "cannot reach the database" (PGRST000-003): an outage, not a bug.
@@ -47,7 +56,8 @@ def from_sqlstate(sqlstate: str | None, message: str | None) -> ApiError:
     known = SQLSTATE_ERRORS.get(sqlstate or "")
     if known is not None:
         code, status = known
-        return ApiError(code, message or code, status)
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 429 else None
+        return ApiError(code, message or code, status, headers)
     logger.error("unexpected database error sqlstate=%s: %s", sqlstate, message)
     return internal_error()
 

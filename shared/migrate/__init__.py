@@ -26,7 +26,7 @@ DEFAULT_BOOTSTRAP = ROOT / "supabase" / "bootstrap.sql"
 # The newest migration this code was written for. Deployed functions ship without
 # supabase/migrations, so `health` compares the database with this constant;
 # tests/unit/test_schema_version.py keeps it equal to the newest file.
-SCHEMA_VERSION = "20261201150000"
+SCHEMA_VERSION = "20261202100000"
 
 # Supabase CLI naming: <14-digit timestamp>_<name>.sql; the CLI stores the two parts separately.
 FILE_PATTERN = re.compile(r"^(\d{14})_(.+)\.sql$")

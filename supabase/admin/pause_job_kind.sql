@@ -24,6 +24,6 @@ group by status;
 
 -- Every kind and whether it is paused.
 select kind, cost, paused, max_attempts, lease_seconds, retry_delay_seconds,
-       dispatch_timeout_seconds
+       dispatch_timeout_seconds, max_active_per_user
 from public.job_kinds
 order by kind;

@@ -49,6 +49,11 @@ def database(server_url: str, template_db: str) -> Iterator[str]:
             "insert into public.job_kinds (kind, cost, pipeline, description)"
             " values ('remote', 7, 'webhook', 'runs on a webhook pipeline nobody configured')"
         )
+        # generate answers 429 too_many_active_jobs for a second one: no worker claims the first
+        conn.execute(
+            "insert into public.job_kinds (kind, cost, pipeline, max_active_per_user, description)"
+            " values ('batch', 3, 'queue', 1, 'waits for a queue worker; one at a time per user')"
+        )
     try:
         yield url
     finally:
@@ -119,7 +124,7 @@ def row(page: Page, job_id: str):
 def test_generate_watch_progress_refund_and_cancel(page: Page):
     expect(page.locator("#health")).to_contain_text("API ok")
     kinds = page.locator("#kinds button")
-    expect(kinds).to_have_count(5)
+    expect(kinds).to_have_count(6)
     expect(page.locator("button[data-kind=story]")).to_be_disabled()  # signed out
     sign_in(page)
     expect(page.locator("#balance")).to_have_text(str(START_BALANCE))
@@ -187,25 +192,22 @@ def test_every_error_gets_a_clear_message(page: Page):
     expect(failed).to_contain_text("↩ 7 refunded")
     expect(balance).to_have_text(before)
 
-    # 429: no kind has an active-jobs limit yet, so this one answer is played back to the page
-    page.route(
-        "**/generate",
-        lambda route: route.fulfill(
-            status=429,
-            headers={"Retry-After": "30", "Access-Control-Allow-Origin": "*"},
-            json={
-                "error": {
-                    "code": "too_many_active_jobs",
-                    "message": "at most 2 story jobs may be active at once",
-                }
-            },
-        ),
+    # 429, from the real API: one batch job at a time per user, and the first one waits for a
+    # queue worker the dev server does not run
+    expect(page.locator("button[data-kind=batch]")).to_contain_text("3 credits · 1 at a time")
+    waiting = start(page, "batch")
+    expect(row(page, waiting)).to_have_attribute("data-status", "pending")
+    expect(balance).to_have_text(str(int(before) - 3))
+    page.click("button[data-kind=batch]")
+    expect(message).to_contain_text(
+        "Too many jobs at once: you already have 1 active batch job (the limit)"
     )
-    page.click("button[data-kind=story]")
-    expect(message).to_contain_text("Too many jobs at once: at most 2 story jobs")
-    expect(message).to_contain_text("(in 30 s)")
+    expect(message).to_contain_text("Nothing was charged (the API suggests trying again in 30 s)")
     expect(message).to_contain_text("HTTP 429 too_many_active_jobs")
-    page.unroute("**/generate")
+    expect(balance).to_have_text(str(int(before) - 3))
+    row(page, waiting).locator("button.cancel").click()  # its slot is free again
+    expect(row(page, waiting)).to_have_attribute("data-status", "cancelled")
+    expect(balance).to_have_text(before)
 
     # an invalid token: told to sign in again, and signed out
     page.click("#signout")

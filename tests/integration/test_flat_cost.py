@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 USERS = 200
 QUEUED = 10_000  # and as many in flight
 HOT = flat_cost.HOT
+LIMITED = "bench_limited"  # HOT with an active-jobs limit no call here reaches
 
 
 def claim_sql(kinds: list[str] | None) -> Callable[[psycopg.Connection], tuple[str, tuple]]:
@@ -38,6 +39,10 @@ def fixed(sql: str, *params: Any) -> Callable[[psycopg.Connection], tuple[str, t
 # operation: (what to run, the indexes on jobs its scans must use)
 OPERATIONS: dict[str, tuple[Callable[[psycopg.Connection], tuple[str, tuple]], set[str]]] = {
     "create_job": (fixed(flat_cost.CREATE, user_id(3), HOT), {"jobs_fair_queue", "jobs_fair_user"}),
+    "create_job (kind with a limit)": (
+        fixed(flat_cost.CREATE, user_id(3), LIMITED),
+        {"jobs_user_active", "jobs_fair_queue", "jobs_fair_user"},
+    ),
     "claim_jobs (kind)": (claim_sql([HOT]), {"jobs_retry_delay", "jobs_fair_queue"}),
     "claim_jobs (any kind)": (claim_sql(None), {"jobs_retry_delay", "jobs_fair_queue"}),
     "take_jobs_to_dispatch": (
@@ -63,6 +68,10 @@ def bench_db(conn) -> psycopg.Connection:
             "insert into public.job_kinds (kind, cost, max_attempts) values (%s, %s, %s)",
             (kind, cost, max_attempts),
         )
+    conn.execute(
+        "insert into public.job_kinds (kind, cost, max_active_per_user) values (%s, 1, 1000000)",
+        (LIMITED,),
+    )
     conn.execute(
         "insert into auth.users (id, email) select "
         + USER_ID_SQL.format(n="n")
@@ -104,6 +113,8 @@ def test_queue_scans_read_their_index_never_every_job(bench_db):
         for _ in range(3):  # the plans cached after the first call too
             plans = "\n".join(nested_plans(bench_db, *prepare(bench_db)))
         assert "Seq Scan on jobs" not in plans, f"{name}:\n{plans}"
+        if name == "create_job (kind with a limit)":  # the count reads the index alone
+            assert "Index Only Scan using jobs_user_active" in plans, plans
         used = {index for index in indexes if f" on {index}" in plans or f"using {index}" in plans}
         assert used == indexes, f"{name} does not use {indexes - used}:\n{plans}"
 

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from shared.core.errors import RETRY_AFTER_SECONDS
 from shared.dev.server import TARGETS
 from tests.fake_http import closed_port_url, fake_server
 from tests.integration.http_helpers import (
@@ -138,6 +139,28 @@ def test_generate_reusing_an_idempotency_key_for_another_request_is_422(api, con
     assert reused.status_code == 422
     assert reused.json["error"]["code"] == "idempotency_key_reused"
     assert balance(conn, user) == 15
+
+
+def test_generate_beyond_the_kinds_active_limit_is_429_with_retry_after(api, conn, make_user):
+    """G15: the limit's refusal is 429 with Retry-After, readable by a web client (CORS)."""
+    add_kind(conn, "story", cost=5, max_active_per_user=2)
+    user = make_user(balance=50)
+    origin = {"Origin": ALLOWED_ORIGIN}
+    for _ in range(2):
+        assert api.post("generate", user=user, json_body={"kind": "story"}).status_code == 201
+
+    refused = api.post("generate", user=user, json_body={"kind": "story"}, headers=origin)
+
+    assert refused.status_code == 429
+    assert refused.json["error"]["code"] == "too_many_active_jobs"
+    assert "2 active story jobs" in refused.json["error"]["message"]
+    assert refused.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
+    assert refused.headers["Access-Control-Allow-Origin"] == ALLOWED_ORIGIN
+    exposed = refused.headers["Access-Control-Expose-Headers"].lower()
+    assert "retry-after" in {header.strip() for header in exposed.split(",")}
+    assert balance(conn, user) == 40
+    kinds = api.get("kinds").json["items"]
+    assert [kind["max_active_per_user"] for kind in kinds] == [2]
 
 
 def test_generate_in_another_users_project_is_404(api, conn, make_user):

@@ -41,6 +41,8 @@ DURATION_SECONDS = 8.0
 USERS = 4
 # kind: (cost, max_attempts)
 KINDS = {"quick": (3, 1), "story": (7, 3), "free": (0, 2), "pricey": (25, 2)}
+# kind: max_active_per_user
+LIMITS = {"story": 2}
 
 
 class Workload:
@@ -205,12 +207,20 @@ def client(db_url: str, work: Workload, index: int, start: threading.Barrier) ->
 
 
 def test_random_concurrent_operations_keep_every_money_invariant(conn, db_url, make_user):
-    """G2, G3, G4, G7: after thousands of racing random operations the ledger balances, nothing is
-    negative, no job was charged or refunded twice, and every finished job's money adds up."""
+    """G2, G3, G4, G7, G15: after thousands of racing random operations the ledger balances,
+    nothing is negative, no job was charged or refunded twice, every finished job's money adds
+    up, and no user is past a kind's active-job limit."""
     seed = int(os.environ.get("CJ_RANDOM_SEED", "20261122"))
     print(f"CJ_RANDOM_SEED={seed}")
     for kind, (cost, max_attempts) in KINDS.items():
-        add_kind(conn, kind, cost, max_attempts=max_attempts, retry_delay_seconds=0)
+        add_kind(
+            conn,
+            kind,
+            cost,
+            max_attempts=max_attempts,
+            retry_delay_seconds=0,
+            max_active_per_user=LIMITS.get(kind),
+        )
     work = Workload([make_user(100) for _ in range(USERS)], seed)
     start = threading.Barrier(THREADS)
 
@@ -227,6 +237,7 @@ def test_random_concurrent_operations_keep_every_money_invariant(conn, db_url, m
     assert work.unexpected == []
     for must_happen in [
         ("create", "created"),
+        ("create", "too_many_active_jobs"),
         ("complete", "applied"),
         ("fail", "refunded"),
         ("fail", "retried"),
@@ -248,6 +259,12 @@ def test_random_concurrent_operations_keep_every_money_invariant(conn, db_url, m
     assert unpaid_or_orphan_charges(conn) == []
     negative = conn.execute("select * from public.credit_accounts where balance < 0").fetchall()
     assert negative == []
+    over_the_limit = conn.execute(
+        "select user_id, kind, count(*) from public.jobs join public.job_kinds using (kind)"
+        " where status in ('pending', 'processing')"
+        " group by user_id, kind, max_active_per_user having count(*) > max_active_per_user"
+    ).fetchall()
+    assert over_the_limit == []
     twice = conn.execute(
         "select job_id, entry_type, count(*) from public.credit_ledger where job_id is not null"
         " group by job_id, entry_type having count(*) > 1"

@@ -21,7 +21,7 @@ def api(monkeypatch, db_url):
 
 def test_kinds_is_the_price_list_without_a_token_and_cacheable(api, conn):
     add_kind(conn, "voice", cost=25, description="a voice-over", max_attempts=2)
-    add_kind(conn, "story", cost=10, description="a short story")
+    add_kind(conn, "story", cost=10, description="a short story", max_active_per_user=3)
     add_kind(conn, "film", cost=500, paused=True)
 
     response = api.get("kinds", headers={"Origin": ALLOWED_ORIGIN})
@@ -30,11 +30,12 @@ def test_kinds_is_the_price_list_without_a_token_and_cacheable(api, conn):
     assert response.headers["Cache-Control"] == "public, max-age=60"
     assert response.headers["Access-Control-Allow-Origin"] == ALLOWED_ORIGIN
     assert response.json["items"] == [
-        {"kind": "film", "cost": 500, "description": "", "paused": True, "max_attempts": 3},
+        {"kind": "film", "cost": 500, "description": "", "paused": True, "max_attempts": 3,
+         "max_active_per_user": None},
         {"kind": "story", "cost": 10, "description": "a short story", "paused": False,
-         "max_attempts": 3},
+         "max_attempts": 3, "max_active_per_user": 3},
         {"kind": "voice", "cost": 25, "description": "a voice-over", "paused": False,
-         "max_attempts": 2},
+         "max_attempts": 2, "max_active_per_user": None},
     ]  # fmt: skip
 
 

@@ -8,6 +8,7 @@ and status — so an undocumented status or a field the document does not descri
 from __future__ import annotations
 
 import ast
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,12 @@ def test_error_responses_match(api, conn, make_user):
     key = {"Idempotency-Key": "k"}
     generate(api, user, {"kind": "story"}, 201, key)
     generate(api, user, {"kind": "film"}, 422, key)
+    add_kind(conn, "voice", cost=1, max_active_per_user=1)
+    generate(api, user, {"kind": "voice"}, 201)
+    response = api.post("generate", user=user, json_body={"kind": "voice"})
+    assert check(response, "/generate", "POST", 429)["error"]["code"] == "too_many_active_jobs"
+    retry_after = SPEC["paths"]["/generate"]["post"]["responses"]["429"]["headers"]["Retry-After"]
+    assert re.fullmatch(retry_after["schema"]["pattern"], response.headers["Retry-After"])
 
     unknown_job = {"job_id": str(uuid.uuid4())}
     check(api.get("status", user=user, query=unknown_job), "/status", "GET", 404)
@@ -219,9 +226,10 @@ def test_error_responses_match(api, conn, make_user):
 
 def test_price_list_and_health_responses_match(api, conn):
     add_kind(conn, "story", cost=10, description="a short story")
-    add_kind(conn, "film", cost=500, paused=True)
+    add_kind(conn, "film", cost=500, paused=True, max_active_per_user=2)
     kinds = check(api.get("kinds"), "/kinds", "GET", 200)
     assert [kind["kind"] for kind in kinds["items"]] == ["film", "story"]
+    assert [kind["max_active_per_user"] for kind in kinds["items"]] == [2, None]
     check(api.get("health"), "/health", "GET", 200)
     conn.execute("truncate supabase_migrations.schema_migrations")
     assert check(api.get("health"), "/health", "GET", 503)["latest_migration"] is None

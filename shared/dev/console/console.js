@@ -69,8 +69,8 @@ function explain(error, kind) {
       return `Not enough credits: ${price ? price + ", " : ""}your balance is ${state.balance}. ` +
         "Nothing was charged.";
     case 429:
-      return `Too many jobs at once: ${error.message}. Nothing was charged; try again when one ` +
-        `of your jobs has finished${error.retryAfter ? ` (in ${error.retryAfter} s)` : ""}.`;
+      return `Too many jobs at once: ${error.message}. Nothing was charged` +
+        `${error.retryAfter ? ` (the API suggests trying again in ${error.retryAfter} s)` : ""}.`;
     case 503:
       if (error.code === "pipeline_unavailable") {
         const refunded = error.body.job ? error.body.job.refunded : kind && kind.cost;
@@ -192,7 +192,8 @@ function renderKinds() {
     const button = element("button", {
       attrs: { type: "button", "data-kind": kind.kind, title: kind.description },
     }, [`Start ${kind.kind}`, element("small", {
-      text: kind.paused ? "paused" : `${kind.cost} credits`,
+      text: kind.paused ? "paused" : `${kind.cost} credits` +
+        (kind.max_active_per_user ? ` · ${kind.max_active_per_user} at a time` : ""),
     })]);
     button.disabled = kind.paused || !state.token;
     button.addEventListener("click", () => generate(kind));
