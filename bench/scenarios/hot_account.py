@@ -16,19 +16,6 @@ ONE_ROW_SCRIPT = "update bench_hot_row set n = n + 1 where id = 1;\n"
 HOT_CREATE_JOB_SCRIPT = (
     "select public.create_job(p_user_id => " + USER_ID_SQL.format(n="1") + ", p_kind => 'bench');\n"
 )
-# A jobs table with history, as any live deployment has: on a just-migrated, empty one each
-# connection plans its statements for no rows (sequential scans) and keeps those plans while the
-# measurement fills the table. Users 3.. own it, so the measured users' own rows are untouched.
-HISTORY_JOBS = 10_000
-SEED_HISTORY = (
-    "with p as (insert into public.projects (user_id, title)"
-    " select " + USER_ID_SQL.format(n="n") + ", 'history'"
-    " from generate_series(3, least(%(users)s, 102)) n returning id, user_id)"
-    " insert into public.jobs (user_id, project_id, kind, status, attempt, cost, credits_used,"
-    "  created_at, updated_at, started_at, finished_at)"
-    " select p.user_id, p.id, 'bench_free', 'completed', 1, 0, 0, now(), now(), now(), now()"
-    " from p cross join generate_series(1, %(per_user)s)"
-)
 # User 2 gets 19 promo grants on top of its one: drawn first (lower priority numbers), each
 # far larger than a run spends, so every charge meets all 20 live grants.
 GRANTED_USER = 2
@@ -44,15 +31,12 @@ ADD_GRANTS = (
 
 
 def _copy(ctx: Context, *, grants: bool = False) -> str:
-    """A fresh core copy with a jobs history (and user 2's extra grants), analyzed."""
+    """A fresh core copy (with user 2's extra grants, analyzed)."""
     url = ctx.core_copy("s2")
-    users = ctx.config.users
-    per_user = max(1, HISTORY_JOBS // max(1, min(users, 102) - 2))
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(SEED_HISTORY, {"users": users, "per_user": per_user})
-        if grants:
+    if grants:
+        with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(ADD_GRANTS, {"grants": EXTRA_GRANTS})
-        conn.execute("vacuum analyze")
+            conn.execute("vacuum analyze")
     return url
 
 

@@ -119,7 +119,8 @@ def _overdraw_trial(ctx: Context, clients: int) -> dict[str, Any]:
         with psycopg.connect(url, autocommit=True) as conn:
             (without_money, created) = conn.execute(
                 f"select coalesce(sum(greatest(n - %s, 0)), 0), coalesce(sum(n), 0)"
-                f" from (select count(*) n from {jobs_table} group by user_id) per_user",
+                f" from (select count(*) n from {jobs_table} where kind = 'bench' group by user_id)"
+                " per_user",
                 (per_user,),
             ).fetchone()
             (below_zero,) = conn.execute(
