@@ -23,6 +23,7 @@ def test_every_scenario_runs_and_reports(
     monkeypatch.setenv("BENCH_DATABASE_URL", server_url)
     charts = importlib.util.find_spec("matplotlib") is not None
     args = ["--quick", "--clients", "2", "--seconds", "0.3", "--out", str(tmp_path)]
+    args += ["--only", ",".join(run.SCENARIOS)]  # scaling too, which the default run leaves out
     assert run.main(args + ([] if charts else ["--no-charts"])) == 0
 
     (record,) = tmp_path.glob("*.json")
@@ -35,6 +36,7 @@ def test_every_scenario_runs_and_reports(
         "foreground p99 while reaping / idle p99",
         "flat cost: worst growth of a hot operation",
         "fair claims: other users served in the next 20 claims",
+        "scaling: worst growth of a hot operation",
     }
     # The correctness half of the comparisons holds at any size.
     overdraw = results["scenarios"]["seed_way"]["overdraw"]["2"]
@@ -46,6 +48,10 @@ def test_every_scenario_runs_and_reports(
     assert results["scenarios"]["history"]["plan_uses_index"] in (True, False)
     fairness = results["scenarios"]["flat_cost"]["fairness"]
     assert fairness["served_one_at_a_time"] >= 18 and fairness["served_in_batches_of_10"] >= 18
+    scaling = results["scenarios"]["scaling"]
+    assert all(load["ledger_discrepancies"] == 0 for load in scaling["load"].values())
+    history = scaling["sizes"][str(scaling["jobs"][-1])]["before"]["tables"]
+    assert history["jobs"]["rows"] > scaling["jobs"][-1] > 0
     assert (tmp_path / record.name.replace(".json", ".md")).exists()
     if charts:
-        assert len(list((tmp_path / record.stem).glob("*.png"))) == 7
+        assert len(list((tmp_path / record.stem).glob("*.png"))) == 8
