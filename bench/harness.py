@@ -56,7 +56,7 @@ class Config:
     scaling_days: int = 365
     scaling_jobs_per_purchase: int = 50
     scaling_chunk: int = 500_000
-    scaling_samples: int = 300
+    scaling_samples: int = 1000
     overdraw_users: int = 20
     overdraw_jobs_per_user: int = 10
     overdraw_attempts_per_client: int = 60

@@ -268,6 +268,21 @@ def _scaling_tables(scaling: dict[str, Any]) -> list[str]:
         mb = [f"{t[key] / 1e6:,.0f}" for key in ("table_bytes", "index_bytes", "total_bytes")]
         lines.append(f"| {name} | {t['rows']:,} | {' | '.join(mb)} | {grown / jobs:,.0f} |")
     lines.append(f"| all tables | | | | {total_growth / 1e6:,.0f} | {total_growth / jobs:,.0f} |")
+    at = {size: scaling["sizes"][size].get("buffers_per_call", {}) for size in sizes}
+    if at[sizes[-1]]:
+        lines += [
+            "",
+            "**Shared buffers per call** (pg_stat_statements, all rounds: hit / read / dirtied /"
+            " written; a read comes from the OS cache or the disk)",
+            "",
+            "| statement | " + " | ".join(f"N = {int(size):,}" for size in sizes) + " |",
+            "|---" * (len(sizes) + 1) + "|",
+        ]
+        for label in sorted(at[sizes[-1]]):
+            cells = [at[size].get(label) for size in sizes]
+            lines.append(f"| {label} | " + " | ".join(
+                f"{c['hit']:g} / {c['read']:g} / {c['dirtied']:g} / {c['written']:g}" if c else "-"
+                for c in cells) + " |")  # fmt: skip
     return lines
 
 

@@ -17,12 +17,14 @@ one (nothing measured reads it). No jobs wait or run (the flat_cost scenario mea
 Then every hot operation of flat_cost, plus the keyed create, the status read, the projects
 page, the credit and outbox sweeps and the admin views, is timed call by call on both databases
 in turn (bench.probe), and the tables' and indexes' sizes are recorded at both sizes, with the
-rows, dead tuples and HOT updates each table took during the measurement.
+rows, dead tuples and HOT updates each table took during the measurement and, where
+pg_stat_statements is loaded, the shared buffers each call hit, read, dirtied and wrote.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -190,6 +192,16 @@ ACTIVITY = (
     "select relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, n_dead_tup"
     " from pg_stat_user_tables where schemaname = 'public'"
 )
+# Where the server records them: shared buffers hit, read (from the OS or disk), dirtied and
+# written per call of each statement the probe ran in this database.
+THIS_DATABASE = "(select oid from pg_database where datname = current_database())"
+STATEMENTS_RESET = f"select pg_stat_statements_reset(0, {THIS_DATABASE}, 0)"
+STATEMENTS = (
+    "select query, calls, total_exec_time, shared_blks_hit, shared_blks_read,"
+    " shared_blks_dirtied, shared_blks_written from pg_stat_statements"
+    f" where dbid = {THIS_DATABASE} and calls > 0"
+    " and (query like 'select public.%' or query like 'select count(*) from%')"
+)
 KEYED_CREATE = "select public.create_job(p_user_id => %s, p_kind => %s, p_idempotency_key => %s)"
 GET_JOB = "select public.get_job(p_user_id => %s, p_job_id => %s)"
 CLAIM_EVENTS = "select public.claim_events(p_limit => 50)"
@@ -294,7 +306,7 @@ def load_history(ctx: Context, conn: psycopg.Connection, total: int) -> dict[str
     ctx.log(f"    loaded in {load_seconds:.0f} s, vacuum analyze {vacuum_seconds:.0f} s")
     return {
         "load_seconds": round(load_seconds, 1),
-        "vacuum_analyze_seconds": round(vacuum_seconds, 1),
+        "vacuum_seconds": round(vacuum_seconds, 1),
     }
 
 
@@ -333,6 +345,23 @@ def _activity_since(before: dict[str, tuple[int, ...]], conn: psycopg.Connection
     }
 
 
+def buffers(conn: psycopg.Connection) -> dict[str, dict[str, float]]:
+    """Per statement the probe ran (labelled by its function or view): calls, ms and shared
+    buffers hit, read, dirtied and written per call, from pg_stat_statements."""
+    result = {}
+    for query, calls, ms, *blocks in conn.execute(STATEMENTS).fetchall():
+        label = re.search(r"public\.(\w+)", query).group(1)
+        if "p_idempotency_key" in query:
+            label += " (idempotency key)"
+        per_call = dict(zip(("hit", "read", "dirtied", "written"), blocks, strict=True))
+        result[label] = {
+            "calls": calls,
+            "ms": round(ms / calls, 3),
+            **{key: round(value / calls, 2) for key, value in per_call.items()},
+        }
+    return result
+
+
 def _calls(samples: int) -> Callable[[str], int]:
     """Calls per round: flat_cost's, except a few for each full scan."""
     return lambda op: AUDIT_CALLS if op.endswith("(full audit)") else PER_UNIT.get(op, 1) * samples
@@ -342,6 +371,7 @@ def run(ctx: Context) -> dict[str, Any]:
     cfg = ctx.config
     totals = [0, cfg.scaling_jobs]
     probes, loads, before, measured = [], {}, {}, {}
+    statements = ctx.server.has_pg_stat_statements()
     for total in totals:
         url = ctx.core_copy(f"s8_{total}")
         with psycopg.connect(url, autocommit=True) as conn:
@@ -358,6 +388,9 @@ def run(ctx: Context) -> dict[str, Any]:
                 conn.execute("vacuum analyze")
             measured[str(total)] = {"before": sizes(conn)}
             before[str(total)] = activity(conn)
+            if statements:
+                conn.execute("create extension if not exists pg_stat_statements")
+                conn.execute(STATEMENTS_RESET)
         probes.append(ScalingProbe(url, total, cfg.users, seed=total))
     rounds = time_rounds(ctx, probes, SCALING_OPERATIONS, cfg.scaling_samples,
                          calls=_calls(cfg.scaling_samples), label="s8 scaling")  # fmt: skip
@@ -365,6 +398,7 @@ def run(ctx: Context) -> dict[str, Any]:
     for probe in probes:
         key = str(probe.size)
         measured[key]["during_measurement"] = _activity_since(before[key], probe.conn)
+        measured[key]["buffers_per_call"] = buffers(probe.conn) if statements else {}
         measured[key]["after"] = sizes(probe.conn)
         probe.close()
         ctx.drop(probe.url)
