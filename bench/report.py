@@ -252,6 +252,17 @@ def _scaling_tables(scaling: dict[str, Any]) -> list[str]:
         f" {load.get('vacuum_seconds', 0):,.0f} s), ledger discrepancies after the load:"
         f" {load.get('ledger_discrepancies', '-')}; database {largest['database_bytes'] / 1e9:.2f}"
         f" GB at N = {jobs:,} ({base['database_bytes'] / 1e6:.0f} MB at N = 0).",
+    ]
+    upkeep = load.get("maintenance")
+    if upkeep:
+        frozen = ", ".join(f"{t} {s:,.0f} s" for t, s in upkeep["vacuum_freeze_seconds"].items())
+        day = upkeep["oldest_day_of_events"]
+        lines.append(
+            f"After the measurement, at N = {jobs:,}: vacuum (freeze) {frozen}; deleting the"
+            f" oldest day of delivered events ({day['rows']:,} rows) {day['delete_seconds']:,} s,"
+            f" the vacuum after it {day['vacuum_seconds']:,} s."
+        )
+    lines += [
         "",
         f"**Sizes at N = {jobs:,}** (bytes per job: growth from N = 0 divided by N)",
         "",

@@ -202,6 +202,13 @@ STATEMENTS = (
     f" where dbid = {THIS_DATABASE} and calls > 0"
     " and (query like 'select public.%' or query like 'select count(*) from%')"
 )
+# The biggest tables, each frozen as an anti-wraparound vacuum does: a pass over every page.
+FROZEN = ("jobs", "credit_ledger", "credit_events")
+# Retention as the schema stands: the oldest day of delivered events (no index leads with time).
+OLDEST_DAY = (
+    "with gone as (delete from public.credit_events where delivered_at is not null"
+    " and created_at < now() - %s * interval '1 day' returning 1) select count(*) from gone"
+)
 KEYED_CREATE = "select public.create_job(p_user_id => %s, p_kind => %s, p_idempotency_key => %s)"
 GET_JOB = "select public.get_job(p_user_id => %s, p_job_id => %s)"
 CLAIM_EVENTS = "select public.claim_events(p_limit => 50)"
@@ -362,6 +369,32 @@ def buffers(conn: psycopg.Connection) -> dict[str, dict[str, float]]:
     return result
 
 
+def maintenance(conn: psycopg.Connection, days: int) -> dict[str, Any]:
+    """Seconds to freeze the biggest tables, then to delete the oldest day of delivered events
+    and vacuum what that left (the vacuum reads each of the table's indexes whole)."""
+
+    def timed(statement: sql.Composable | str, params: tuple = ()) -> tuple[float, Any]:
+        started = time.monotonic()
+        cursor = conn.execute(statement, params)
+        row = cursor.fetchone() if cursor.description else None
+        return round(time.monotonic() - started, 1), row
+
+    frozen = {
+        table: timed(sql.SQL("vacuum (freeze) public.{}").format(sql.Identifier(table)))[0]
+        for table in FROZEN
+    }
+    delete_seconds, (rows,) = timed(OLDEST_DAY, (days - 1,))
+    vacuum_seconds, _ = timed("vacuum public.credit_events")
+    return {
+        "vacuum_freeze_seconds": frozen,
+        "oldest_day_of_events": {
+            "rows": rows,
+            "delete_seconds": delete_seconds,
+            "vacuum_seconds": vacuum_seconds,
+        },
+    }
+
+
 def _calls(samples: int) -> Callable[[str], int]:
     """Calls per round: flat_cost's, except a few for each full scan."""
     return lambda op: AUDIT_CALLS if op.endswith("(full audit)") else PER_UNIT.get(op, 1) * samples
@@ -399,6 +432,10 @@ def run(ctx: Context) -> dict[str, Any]:
         key = str(probe.size)
         measured[key]["during_measurement"] = _activity_since(before[key], probe.conn)
         measured[key]["buffers_per_call"] = buffers(probe.conn) if statements else {}
+        if probe.size:
+            ctx.log(f"s8 scaling: maintenance at {probe.size:,} jobs")
+            loads[key]["maintenance"] = maintenance(probe.conn, cfg.scaling_days)
+            ctx.log(f"    {loads[key]['maintenance']}")
         measured[key]["after"] = sizes(probe.conn)
         probe.close()
         ctx.drop(probe.url)
