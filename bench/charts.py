@@ -9,6 +9,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import matplotlib.ticker
+
+GROWTH_AXIS = 4.0  # growth charts end here
 
 
 def draw(results: dict[str, Any], out: Path) -> list[Path]:
@@ -30,7 +33,14 @@ def draw(results: dict[str, Any], out: Path) -> list[Path]:
     if "reaping" in s:
         drawn.append(_reaping(s["reaping"], out / "reaping.png"))
     if "flat_cost" in s:
-        drawn.append(_flat_cost(s["flat_cost"], out / "flat_cost.png"))
+        flat = s["flat_cost"]
+        sizes = {str(n): f"{n:,} queued + in flight" for n in flat["backlogs"]}
+        title = "against the empty queue"
+        drawn.append(_growth(flat["operations"], sizes, title, out / "flat_cost.png"))
+    if "scaling" in s:
+        sizes = {str(n): f"{n:,} jobs of history" for n in s["scaling"]["jobs"]}
+        title = "against no history"
+        drawn.append(_growth(s["scaling"]["operations"], sizes, title, out / "scaling.png"))
     targets = [
         t for t in results.get("targets", []) if t["goal"].startswith((">=", "<= 2", "<= 1.5"))
     ]
@@ -115,26 +125,31 @@ def _reaping(reaping: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _flat_cost(flat: dict[str, Any], path: Path) -> Path:
-    ops = list(flat["operations"])
-    sizes = [str(size) for size in flat["backlogs"]]
+def _growth(operations: dict[str, Any], sizes: dict[str, str], against: str, path: Path) -> Path:
+    """Median ms per call of each operation at each size, and its growth against the first."""
+    ops = list(operations)
     fig, (lat, growth) = plt.subplots(1, 2, figsize=(13, 0.42 * len(ops) + 2), sharey=True)
     ys = range(len(ops))
     height = 0.8 / len(sizes)
-    for i, size in enumerate(sizes):
+    for i, (size, label) in enumerate(sizes.items()):
         offsets = [y - 0.4 + (i + 0.5) * height for y in ys]
-        label = f"{int(size):,} queued + in flight"
-        lat.barh(offsets, [flat["operations"][op][size]["p50_ms"] for op in ops], height,
-                 label=label)  # fmt: skip
+        lat.barh(offsets, [operations[op][size]["p50_ms"] for op in ops], height, label=label)
         if i:
-            growth.barh(offsets, [flat["operations"][op][size]["ratio"] for op in ops], height,
-                        label=label, color=f"C{i}")  # fmt: skip
+            ratios = [operations[op][size]["ratio"] for op in ops]
+            growth.barh(offsets, [min(r, GROWTH_AXIS) for r in ratios], height, label=label,
+                        color=f"C{i}")  # fmt: skip
+            for y, r in zip(offsets, ratios, strict=True):
+                if r > GROWTH_AXIS:  # cut at the axis' end; the label tells the value
+                    growth.text(GROWTH_AXIS, y, f" x{r:,.0f}", va="center", ha="right", fontsize=7)
     growth.axvline(1.5, color="black", linewidth=1, linestyle=":")
+    growth.set_xlim(0, GROWTH_AXIS)
+    lat.set_xscale("log")
+    lat.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     lat.set_yticks(list(ys))
     lat.set_yticklabels(ops, fontsize=8)
     lat.invert_yaxis()
-    lat.set(xlabel="median ms per call", title="Hot operations, one connection")
-    growth.set(xlabel="median against the empty queue (dotted: 1.5)", title="Growth")
+    lat.set(xlabel="median ms per call (log scale)", title="Operations, one connection")
+    growth.set(xlabel=f"median {against} (dotted: 1.5)", title="Growth")
     lat.legend(fontsize=7)
     growth.legend(fontsize=7)
     return _save(fig, path)

@@ -66,6 +66,11 @@ class Config:
     flat_samples: int = 300
     fair_heavy_jobs: int = 10_000
     fair_other_users: int = 100
+    scaling_jobs: int = 10_000_000
+    scaling_days: int = 365
+    scaling_jobs_per_purchase: int = 50
+    scaling_chunk: int = 500_000
+    scaling_samples: int = 1000
     overdraw_users: int = 20
     overdraw_jobs_per_user: int = 10
     overdraw_attempts_per_client: int = 60
@@ -93,6 +98,10 @@ class Config:
             flat_samples=10,
             fair_heavy_jobs=300,
             fair_other_users=20,
+            scaling_jobs=3000,
+            scaling_jobs_per_purchase=20,
+            scaling_chunk=1000,
+            scaling_samples=10,
             overdraw_users=5,
             overdraw_attempts_per_client=20,
             http_workers=1,

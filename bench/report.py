@@ -82,6 +82,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"at least {0.9 * fair['other_users']:.0f}", share, share >= 0.9 * fair["other_users"],
             f"one at a time {fair['served_one_at_a_time']}, in batches of 10"
             f" {fair['served_in_batches_of_10']}")  # fmt: skip
+    scaling = s.get("scaling")
+    if scaling:
+        largest = str(scaling["jobs"][-1])
+        worst, op = max((scaling["operations"][op][largest]["ratio"], op)
+                        for op in scaling["hot_operations"])  # fmt: skip
+        add("scaling: worst growth of a hot operation", "<= 1.5", worst, worst <= 1.5,
+            f"{op}, {int(largest):,} jobs of history")  # fmt: skip
     return rows
 
 
@@ -125,6 +132,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", *_reaping_table(s["reaping"])]
     if "flat_cost" in s:
         lines += ["", *_flat_cost_table(s["flat_cost"])]
+    if "scaling" in s:
+        lines += ["", *_scaling_tables(s["scaling"])]
     return "\n".join(lines) + "\n"
 
 
@@ -240,13 +249,8 @@ def _flat_cost_table(flat: dict[str, Any]) -> list[str]:
         " round, median of rounds) with N jobs queued and N in flight; x growth against N = 0",
         "",
         "| operation | " + " | ".join(f"N = {int(size):,}" for size in sizes) + " |",
-        "|---" * (len(sizes) + 1) + "|",
-    ]
-    for op, by_size in flat["operations"].items():
-        cells = [f"{by_size[sizes[0]]['p50_ms']:.3f}"]
-        cells += [f"{by_size[s]['p50_ms']:.3f} (x{by_size[s]['ratio']:.2f})" for s in sizes[1:]]
-        lines.append(f"| {op} | " + " | ".join(cells) + " |")
-    lines += [
+        *_growth_rows(flat["operations"], sizes),
+        "",
         "",
         f"**Fair claims**: one user with {fair['heavy_jobs']:,} jobs waiting, {fair['other_users']}"
         f" other users one each: the next {fair['other_users']} claims served"
@@ -254,6 +258,78 @@ def _flat_cost_table(flat: dict[str, Any]) -> list[str]:
         f" ({fair['claim_p50_ms']} ms per claim), {fair['served_in_batches_of_10']} in batches"
         f" of 10 ({fair['batch_claim_p50_ms']} ms per batch).",
     ]
+    return lines
+
+
+def _growth_rows(operations: dict[str, Any], sizes: list[str]) -> list[str]:
+    """The separator and one row per operation: p50 at the first size, then p50 (x growth)."""
+    lines = ["|---" * (len(sizes) + 1) + "|"]
+    for op, by_size in operations.items():
+        cells = [f"{by_size[sizes[0]]['p50_ms']:.3f}"]
+        cells += [f"{by_size[s]['p50_ms']:.3f} (x{by_size[s]['ratio']:.2f})" for s in sizes[1:]]
+        lines.append(f"| {op} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _scaling_tables(scaling: dict[str, Any]) -> list[str]:
+    sizes = [str(jobs) for jobs in scaling["jobs"]]
+    base, largest = scaling["sizes"][sizes[0]]["before"], scaling["sizes"][sizes[-1]]["before"]
+    jobs = int(sizes[-1])
+    load = scaling["load"].get(sizes[-1], {})
+    lines = [
+        f"**Scaling**: median ms per call (one connection, {scaling['samples']} samples per"
+        f" round, median of rounds) with N jobs of history ({scaling['users']:,} users,"
+        f" {scaling['days']} days); x growth against N = 0",
+        "",
+        "| operation | " + " | ".join(f"N = {int(size):,}" for size in sizes) + " |",
+        *_growth_rows(scaling["operations"], sizes),
+        "",
+        f"Loaded in {load.get('load_seconds', 0):,.0f} s (+ vacuum analyze"
+        f" {load.get('vacuum_seconds', 0):,.0f} s), ledger discrepancies after the load:"
+        f" {load.get('ledger_discrepancies', '-')}; database {largest['database_bytes'] / 1e9:.2f}"
+        f" GB at N = {jobs:,} ({base['database_bytes'] / 1e6:.0f} MB at N = 0).",
+    ]
+    upkeep = load.get("maintenance")
+    if upkeep:
+        frozen = ", ".join(f"{t} {s:,.0f} s" for t, s in upkeep["vacuum_freeze_seconds"].items())
+        day = upkeep["oldest_day_of_events"]
+        lines.append(
+            f"After the measurement, at N = {jobs:,}: vacuum (freeze) {frozen}; deleting the"
+            f" oldest day of delivered events ({day['rows']:,} rows) {day['delete_seconds']:,} s,"
+            f" the vacuum after it {day['vacuum_seconds']:,} s."
+        )
+    lines += [
+        "",
+        f"**Sizes at N = {jobs:,}** (bytes per job: growth from N = 0 divided by N)",
+        "",
+        "| table | rows | heap + TOAST MB | indexes MB | total MB | bytes per job |",
+        "|---|---|---|---|---|---|",
+    ]
+    tables = sorted(largest["tables"].items(), key=lambda item: -item[1]["total_bytes"])
+    total_growth = 0
+    for name, t in tables:
+        grown = t["total_bytes"] - base["tables"].get(name, {}).get("total_bytes", 0)
+        total_growth += grown
+        if t["total_bytes"] < 1e6:
+            continue
+        mb = [f"{t[key] / 1e6:,.0f}" for key in ("table_bytes", "index_bytes", "total_bytes")]
+        lines.append(f"| {name} | {t['rows']:,} | {' | '.join(mb)} | {grown / jobs:,.0f} |")
+    lines.append(f"| all tables | | | | {total_growth / 1e6:,.0f} | {total_growth / jobs:,.0f} |")
+    at = {size: scaling["sizes"][size].get("buffers_per_call", {}) for size in sizes}
+    if at[sizes[-1]]:
+        lines += [
+            "",
+            "**Shared buffers per call** (pg_stat_statements, all rounds: hit / read / dirtied /"
+            " written; a read comes from the OS cache or the disk)",
+            "",
+            "| statement | " + " | ".join(f"N = {int(size):,}" for size in sizes) + " |",
+            "|---" * (len(sizes) + 1) + "|",
+        ]
+        for label in sorted(at[sizes[-1]]):
+            cells = [at[size].get(label) for size in sizes]
+            lines.append(f"| {label} | " + " | ".join(
+                f"{c['hit']:g} / {c['read']:g} / {c['dirtied']:g} / {c['written']:g}" if c else "-"
+                for c in cells) + " |")  # fmt: skip
     return lines
 
 

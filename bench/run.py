@@ -3,6 +3,7 @@
     python -m bench.run                 every scenario, 3 runs x 10 s each figure (about 25 min)
     python -m bench.run --quick         tiny sizes, 1 s runs: checks the harness, not the speed
     python -m bench.run --only sql_core,hot_account --runs 5 --seconds 20
+    python -m bench.run --only scaling  0 vs 10,000,000 jobs of history (not in the default run)
 
 Starts an embedded PostgreSQL of its own under .data/bench (deleted afterwards unless --keep),
 or uses BENCH_DATABASE_URL (a maintenance database such as `postgres`; the databases it creates
@@ -38,7 +39,10 @@ SCENARIOS = (
     "reaping",
     "flat_cost",
     "http_cpu",
+    "scaling",
 )
+# Run only when named in --only: scaling loads 10,000,000 jobs of history (about an hour).
+ON_REQUEST = ("scaling",)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,7 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, help="measurements per figure (median is reported)")
     parser.add_argument("--seconds", type=float, help="length of one measurement")
     parser.add_argument("--clients", help="comma-separated client counts, e.g. 1,8,32")
-    parser.add_argument("--only", help=f"comma-separated scenarios of: {', '.join(SCENARIOS)}")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated scenarios of: {', '.join(SCENARIOS)} (default: all but"
+        f" {', '.join(ON_REQUEST)})",
+    )
     parser.add_argument("--out", type=Path, help="results directory")
     parser.add_argument("--keep", action="store_true", help="keep the embedded server running")
     parser.add_argument("--no-charts", action="store_true", help="skip the PNGs (no matplotlib)")
@@ -64,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.seconds = args.seconds
     if args.clients:
         config.clients = [int(c) for c in args.clients.split(",")]
-    chosen = args.only.split(",") if args.only else list(SCENARIOS)
+    chosen = args.only.split(",") if args.only else [s for s in SCENARIOS if s not in ON_REQUEST]
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")

@@ -15,27 +15,21 @@ Fairness: one user creates `fair_heavy_jobs` jobs of a kind through create_job, 
 
 from __future__ import annotations
 
-import random
 import time
-from collections import defaultdict, deque
 from typing import Any
 
 import psycopg
 
 from bench.harness import USER_ID_SQL, Context, user_id
-from bench.load import median, percentile
+from bench.load import median
+from bench.probe import CLAIM, CREATE, HOT, OPERATIONS, Probe, add_history, growth, time_rounds
 
-HOT = "bench"  # the kind every measured create and claim uses
 # kind, paused, pipeline: unrelated work next to it, never due during the measurement
 BACKLOG_KINDS = (
     ("bench_other", False, None),
     ("bench_paused", True, None),
     ("bench_push", False, "webhook"),
 )
-HISTORY_USER = 1  # owns a fixed history (and no backlog), so every list_jobs page reads alike
-HISTORY_JOBS = 30
-CHUNKS = 10
-
 SETUP = (
     "insert into public.projects (user_id, title) select id, 'backlog' from auth.users",
     "insert into public.job_kinds (kind, cost, paused, pipeline, dispatch_timeout_seconds)"
@@ -78,32 +72,6 @@ LOAD_IN_FLIGHT = (
     " join public.projects p on p.user_id = " + USER_ID_SQL.format(n="2 + g %% (%(users)s - 1)")
 )
 
-# The history user's jobs: created and cancelled (a charge and a refund each).
-HISTORY = (
-    "select count(public.cancel_job(p_job_id => (j ->> 'id')::uuid, p_user_id => u))"
-    " from (select %s::uuid as u) o,"
-    " lateral (select public.create_job(p_user_id => u, p_kind => %s) -> 'job' as j"
-    "  from generate_series(1, %s)) c"
-)
-CREATE = "select public.create_job(p_user_id => %s, p_kind => %s)"
-CLAIM = "select public.claim_jobs(p_worker_id => 'bench', p_kinds => %s, p_limit => %s)"
-CANCEL = "select public.cancel_job(p_job_id => %s, p_user_id => %s)"
-OPERATIONS = (
-    "create_job",
-    "cancel_job",
-    "claim_jobs (kind)",
-    "claim_jobs (any kind)",
-    "heartbeat_job",
-    "apply_pipeline_report",
-    "complete_job",
-    "fail_job",
-    "reap_stalled_jobs (nothing due)",
-    "take_jobs_to_dispatch (nothing due)",
-    "fail_unstarted_jobs (nothing due)",
-    "list_jobs (first page)",
-    "get_credits (first page)",
-)
-
 
 def setup(conn: psycopg.Connection) -> None:
     """The backlog kinds and one project per user, on a fresh copy of the core data set."""
@@ -122,97 +90,6 @@ def load_backlog(conn: psycopg.Connection, first: int, last: int, users: int) ->
     conn.execute("vacuum analyze public.jobs")
 
 
-REPORT = "select public.{}(p_job_id => %s, p_attempt => %s{})"
-HISTORY_PAGE = "select public.{}(p_user_id => %s, p_limit => 20)"
-SCAN = "select public.{}(p_limit => 100)"
-
-
-class Probe:
-    """One database of one backlog size, its connection, the jobs it has in play and timings.
-
-    Jobs flow from operation to operation: created -> (cancelled | claimed) -> heartbeat ->
-    completed, or claimed -> reported -> failed.
-    """
-
-    def __init__(self, url: str, size: int, users: int, seed: int) -> None:
-        self.url, self.size, self.users = url, size, users
-        self.conn = psycopg.connect(url, autocommit=True)
-        self.rng = random.Random(seed)
-        self.reset()
-
-    def reset(self) -> None:
-        """A new round: no timings, and jobs left over from the last round are not reused."""
-        self.timings: dict[str, list[float]] = defaultdict(list)
-        self.created: deque[tuple[dict, Any]] = deque()
-        self.claimed: deque[dict] = deque()
-        self.beating: deque[dict] = deque()
-        self.reported: deque[dict] = deque()
-
-    def timed(self, op: str, sql: str, params: tuple = ()) -> Any:
-        started = time.perf_counter()
-        (body,) = self.conn.execute(sql, params).fetchone()
-        self.timings[op].append((time.perf_counter() - started) * 1000)
-        return body
-
-    def report(self, op: str, source: deque[dict], sink: deque[dict] | None, extra: str) -> None:
-        job = source.popleft()
-        self.timed(op, REPORT.format(op, extra), (job["id"], job["attempt"]))
-        if sink is not None:
-            sink.append(job)
-
-    def run(self, op: str, n: int) -> None:
-        for _ in range(n):
-            self.step(op)
-
-    def step(self, op: str) -> None:
-        function = op.split()[0]
-        if op == "create_job":
-            owner = user_id(self.rng.randint(2, self.users))
-            self.created.append((self.timed(op, CREATE, (owner, HOT))["job"], owner))
-        elif op == "cancel_job":
-            job, owner = self.created.popleft()
-            self.timed(op, CANCEL, (job["id"], owner))
-        elif function == "claim_jobs":
-            kinds = [HOT] if op == "claim_jobs (kind)" else None
-            self.claimed.extend(self.timed(op, CLAIM, (kinds, 1))["jobs"])
-        elif op == "heartbeat_job":
-            self.report(op, self.claimed, self.beating, ", p_progress => 50")
-        elif op == "apply_pipeline_report":
-            extra = ", p_status => 'processing', p_progress => 50"
-            self.report(op, self.claimed, self.reported, extra)
-        elif op == "complete_job":
-            self.report(op, self.beating, None, ", p_result => '{\"ok\": true}'")
-        elif op == "fail_job":
-            self.report(op, self.reported, None, ", p_error => 'bench'")
-        elif function in ("list_jobs", "get_credits"):
-            self.timed(op, HISTORY_PAGE.format(function), (user_id(HISTORY_USER),))
-        else:
-            self.timed(op, SCAN.format(function))
-
-
-# How many calls of each operation per sample unit: claims need jobs created, and so on down.
-PER_UNIT = {"create_job": 4, "claim_jobs (kind)": 2}
-
-
-def _measure(ctx: Context, probes: list[Probe], samples: int) -> None:
-    """Every operation, chunk by chunk, the databases in turn."""
-    for op in OPERATIONS:
-        calls = PER_UNIT.get(op, 1) * samples
-        ctx.server.checkpoint()
-        for chunk in range(CHUNKS):
-            share = calls // CHUNKS + (chunk < calls % CHUNKS)
-            for probe in probes:
-                probe.run(op, share)
-
-
-def _summary(latencies: list[float]) -> dict[str, float]:
-    return {
-        "calls": len(latencies),
-        "p50_ms": round(median(latencies), 3),
-        "p99_ms": round(percentile(latencies, 99), 3),
-    }
-
-
 def _flat_cost(ctx: Context) -> dict[str, Any]:
     cfg = ctx.config
     sizes = cfg.flat_backlogs
@@ -221,41 +98,17 @@ def _flat_cost(ctx: Context) -> dict[str, Any]:
         url = ctx.core_copy(f"s7_{size}")
         with psycopg.connect(url, autocommit=True) as conn:
             setup(conn)
-            conn.execute(HISTORY, (user_id(HISTORY_USER), HOT, HISTORY_JOBS))
+            add_history(conn)
             ctx.log(f"s7 flat cost: loading {size:,} queued + {size:,} in flight ...")
             started = time.monotonic()
             load_backlog(conn, 1, size, cfg.users)  # analyzed at every size, as in production
             ctx.log(f"    loaded in {time.monotonic() - started:.0f} s")
         probes.append(Probe(url, size, cfg.users, seed=size))
-    rounds = []
-    for round_no in range(1, cfg.runs + 1):
-        ctx.log(f"s7 flat cost, round {round_no}/{cfg.runs}: {cfg.flat_samples} samples each")
-        for probe in probes:
-            probe.reset()
-        _measure(ctx, probes, cfg.flat_samples)
-        rounds.append(
-            {str(p.size): {op: _summary(p.timings[op]) for op in OPERATIONS} for p in probes}
-        )
+    rounds = time_rounds(ctx, probes, OPERATIONS, cfg.flat_samples, label="s7 flat cost")
     for probe in probes:
-        probe.conn.close()
+        probe.close()
         ctx.drop(probe.url)
-    base = str(sizes[0])
-    operations: dict[str, Any] = {}
-    for op in OPERATIONS:
-        by_size = {}
-        for size in map(str, sizes):
-            p50s = [r[size][op]["p50_ms"] for r in rounds]
-            ratios = [r[size][op]["p50_ms"] / r[base][op]["p50_ms"] for r in rounds]
-            by_size[size] = {
-                "p50_ms": round(median(p50s), 3),
-                "p99_ms": round(median([r[size][op]["p99_ms"] for r in rounds]), 3),
-                "ratio": round(median(ratios), 3),
-            }
-        operations[op] = by_size
-        growth = "  ".join(
-            f"{int(s):>9,}: {v['p50_ms']:6.3f} ms x{v['ratio']:.2f}" for s, v in by_size.items()
-        )
-        ctx.log(f"    {op:<36} {growth}")
+    operations = growth(ctx, rounds, sizes, OPERATIONS)
     return {
         "backlogs": sizes,
         "samples": cfg.flat_samples,

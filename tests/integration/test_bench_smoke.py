@@ -23,6 +23,7 @@ def test_every_scenario_runs_and_reports(
     monkeypatch.setenv("BENCH_DATABASE_URL", server_url)
     charts = importlib.util.find_spec("matplotlib") is not None
     args = ["--quick", "--clients", "2", "--seconds", "0.3", "--out", str(tmp_path)]
+    args += ["--only", ",".join(run.SCENARIOS)]  # scaling too, which the default run leaves out
     assert run.main(args + ([] if charts else ["--no-charts"])) == 0
 
     (record,) = tmp_path.glob("*.json")
@@ -36,6 +37,7 @@ def test_every_scenario_runs_and_reports(
         "flat cost: worst growth of a hot operation",
         "fair claims: other users served in the next 20 claims",
         "HTTP CPU per request outside the database: generate / hello-world target",
+        "scaling: worst growth of a hot operation",
     }
     # The correctness half of the comparisons holds at any size.
     overdraw = results["scenarios"]["seed_way"]["overdraw"]["2"]
@@ -51,6 +53,10 @@ def test_every_scenario_runs_and_reports(
     assert cpu["generate_over_hello"] > cpu["generate_outside_db_over_hello"] > 0
     assert cpu["generate_canned_over_hello"] > 0
     assert all(s["cpu_us"] > 0 for s in cpu["cpu_per_request"].values())
+    scaling = results["scenarios"]["scaling"]
+    assert all(load["ledger_discrepancies"] == 0 for load in scaling["load"].values())
+    history = scaling["sizes"][str(scaling["jobs"][-1])]["before"]["tables"]
+    assert history["jobs"]["rows"] > scaling["jobs"][-1] > 0
     assert (tmp_path / record.name.replace(".json", ".md")).exists()
     if charts:
-        assert len(list((tmp_path / record.stem).glob("*.png"))) == 7
+        assert len(list((tmp_path / record.stem).glob("*.png"))) == 8
