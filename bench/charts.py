@@ -140,7 +140,7 @@ def _growth(operations: dict[str, Any], sizes: dict[str, str], against: str, pat
                         color=f"C{i}")  # fmt: skip
             for y, r in zip(offsets, ratios, strict=True):
                 if r > GROWTH_AXIS:  # cut at the axis' end; the label tells the value
-                    growth.text(GROWTH_AXIS, y, f" x{r:,.0f}", va="center", ha="right", fontsize=7)
+                    growth.text(GROWTH_AXIS, y, f" x{r:.3g}", va="center", ha="right", fontsize=7)
     growth.axvline(1.5, color="black", linewidth=1, linestyle=":")
     growth.set_xlim(0, GROWTH_AXIS)
     lat.set_xscale("log")

@@ -1,7 +1,8 @@
 """Scenario 8: the hot operations next to a year of history, and what that history weighs.
 
-Two databases, copies of the core data set: one as it is (0 jobs of history) and one holding
-`scaling_jobs` (10,000,000) terminal jobs over every user, bulk-loaded with INSERT ... SELECT
+Two databases, copies of the core data set: one as it is (N = 0: only the core set's own
+10,000 finished jobs, `bench.harness.HISTORY_JOBS`) and one holding `scaling_jobs` (10,000,000)
+more terminal jobs over every user, bulk-loaded with INSERT ... SELECT
 generate_series in chunks, with everything the functions would have written for them: a project
 per standalone job and one per three-step project (with its steps), the charge and, for failed
 and cancelled jobs, the refund in the ledger, an allocation per charge, a purchase
